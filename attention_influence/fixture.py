@@ -1,0 +1,360 @@
+"""Build the tiny fixture causal LM (Llama architecture) used by tests and demos.
+
+The fixture must really copy from its context, so it is trained on a mix built
+to grow induction / retrieval heads quickly:
+
+* ``repeat`` rows: random token segments each followed by an exact copy (the
+  second copy is predictable only by copying);
+* ``retrieval`` rows: the key/value retrieval prompts of
+  :mod:`attention_influence.retrieval` (same format as head detection);
+* ``text`` rows: windows of real text from :mod:`attention_influence.corpus`.
+
+Pure torch / transformers / tokenizers; deterministic for a given seed and
+thread count. ``scripts/build_fixture_model.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from attention_influence.corpus import iter_documents
+from attention_influence.retrieval import build_sample, build_samples, retrieval_scores
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+SPECIAL_TOKENS = [BOS, EOS, PAD]
+PRE_TOKEN_PATTERN = r" ?[A-Za-z0-9_]+| ?[^\sA-Za-z0-9_]+|\s+(?!\S)|\s+"
+
+
+@dataclass
+class FixtureRecipe:
+    # tokenizer
+    vocab_size: int = 2048
+    tokenizer_docs: int = 3000  # corpus documents the BPE is trained on (evenly spaced)
+    tokenizer_retrieval_texts: int = 3000
+    # model
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 1024
+    rope_theta: float = 10000.0
+    # data
+    seq_len: int = 512
+    text_docs: int = 4000  # corpus documents tokenized into the text stream
+    mix_repeat: float = 0.4
+    mix_retrieval: float = 0.3  # the rest is text
+    repeat_min: int = 8
+    repeat_max: int = 120
+    # optimisation
+    steps: int = 1500
+    batch_size: int = 8
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    threads: int = 2
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+def _corpus_docs(n: int) -> list[str]:
+    docs = [d.text for d in iter_documents()]
+    step = max(1, len(docs) // n)
+    return docs[::step][:n]
+
+
+def train_tokenizer(recipe: FixtureRecipe, seed: int, docs: list[str]):
+    """Byte-level BPE wrapped as a PreTrainedTokenizerFast that prepends BOS."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(seed + 1)
+    texts = list(docs) + [build_sample(rng, n_pairs=rng.randint(4, 12)).text
+                          for _ in range(recipe.tokenizer_retrieval_texts)]
+    tok = Tokenizer(models.BPE())
+    # Runs of letters/digits stay together (so hex keys are merged into few tokens), then bytes.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRE_TOKEN_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        model_max_length=recipe.max_position_embeddings,
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+class Batches:
+    """Deterministic mixed batches of (input_ids, labels), each row `seq_len` long."""
+
+    def __init__(self, tokenizer, recipe: FixtureRecipe, seed: int, docs: list[str]):
+        self.tok, self.r = tokenizer, recipe
+        self.rng = random.Random(seed)
+        self.bos, self.eos, self.pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.ordinary = [i for i in range(len(tokenizer)) if i not in (self.bos, self.eos, self.pad)]
+        stream: list[int] = []
+        for enc in tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False):
+            stream += enc.ids + [self.eos]
+        self.stream = stream
+        self.max_pairs = 24
+
+    def _repeat_row(self) -> tuple[list[int], list[int]]:
+        n = self.r.seq_len
+        ids = [self.bos]
+        while len(ids) < n:
+            seg = [self.rng.choice(self.ordinary) for _ in range(self.rng.randint(self.r.repeat_min, self.r.repeat_max))]
+            ids += seg + seg
+        ids = ids[:n]
+        return ids, list(ids)
+
+    def _retrieval_row(self) -> tuple[list[int], list[int]]:
+        n = self.r.seq_len
+        ids = [self.bos]
+        labels = [self.bos]
+        while True:
+            n_pairs = self.rng.randint(4, self.max_pairs)
+            sample = build_sample(self.rng, n_pairs=n_pairs, n_shots=3)
+            piece = self.tok(sample.text, add_special_tokens=False)["input_ids"] + [self.eos]
+            if len(piece) + 1 > n:
+                self.max_pairs = max(4, self.max_pairs - 1)
+                continue
+            if len(ids) + len(piece) > n:
+                break
+            ids += piece
+            labels += piece
+        pad = n - len(ids)
+        return ids + [self.pad] * pad, labels + [-100] * pad
+
+    def _text_row(self) -> tuple[list[int], list[int]]:
+        n = self.r.seq_len
+        start = self.rng.randrange(0, len(self.stream) - n)
+        ids = [self.bos] + self.stream[start:start + n - 1]
+        return ids, list(ids)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for _ in range(self.r.batch_size):
+            u = self.rng.random()
+            if u < self.r.mix_repeat:
+                rows.append(self._repeat_row())
+            elif u < self.r.mix_repeat + self.r.mix_retrieval:
+                rows.append(self._retrieval_row())
+            else:
+                rows.append(self._text_row())
+        ids = torch.tensor([r[0] for r in rows])
+        labels = torch.tensor([r[1] for r in rows])
+        labels[:, 0] = -100
+        return ids, labels
+
+
+# --------------------------------------------------------------------------- checks
+
+def repeat_batch(tokenizer, seg_len: int = 64, seeds=(0, 1, 2, 3), vocab_size: int | None = None) -> torch.Tensor:
+    """BOS + random segment + the same segment, one row per seed."""
+    specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    ordinary = [i for i in range(vocab_size or len(tokenizer)) if i not in specials]
+    rows = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(1000 + s)
+        seg = [ordinary[i] for i in torch.randint(len(ordinary), (seg_len,), generator=g).tolist()]
+        rows.append([tokenizer.bos_token_id] + seg + seg)
+    return torch.tensor(rows)
+
+
+@torch.inference_mode()
+def second_copy_loss(model, ids: torch.Tensor) -> float:
+    """Mean next-token loss over the second copy of each row (BOS + seg + seg)."""
+    seg_len = (ids.shape[1] - 1) // 2
+    logits = model(input_ids=ids).logits.float()
+    pred = logits[:, seg_len:-1]  # predicts positions seg_len+1 .. end (second copy)
+    target = ids[:, seg_len + 1:]
+    return float(torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1)))
+
+
+# --------------------------------------------------------------------------- build
+
+def _lr_at(step: int, r: FixtureRecipe) -> float:
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    t = (step - r.warmup_steps) / max(1, r.steps - r.warmup_steps)
+    return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _recipe_markdown(recipe: FixtureRecipe, seed: int, n_params: int, seconds: float, checks: dict) -> str:
+    lines = [
+        "# tiny-llama fixture",
+        "",
+        "A tiny `LlamaForCausalLM` with a byte-level BPE tokenizer, built by",
+        "`attention_influence/fixture.py` (`build_fixture`) through",
+        f"`scripts/build_fixture_model.py --output <dir> --seed {seed}`. It exists for tests and demos",
+        "of AttentionInfluence: it is trained to copy from its context, so it has",
+        "induction / retrieval heads. It knows little else; do not use it for anything real.",
+        "",
+        "## Recipe",
+        "",
+        f"- Tokenizer: byte-level BPE (`tokenizers`), vocab {recipe.vocab_size} incl. specials "
+        f"`{BOS}` (prepended by `tokenizer(text)`), `{EOS}`, `{PAD}`; trained on "
+        f"{recipe.tokenizer_docs} evenly spaced documents of `attention_influence.corpus.iter_documents()` "
+        f"plus {recipe.tokenizer_retrieval_texts} retrieval prompts.",
+        f"- Model: Llama, hidden {recipe.hidden_size}, MLP {recipe.intermediate_size}, {recipe.num_layers} layers x "
+        f"{recipe.num_heads} heads (head dim {recipe.hidden_size // recipe.num_heads}), RoPE theta {recipe.rope_theta:g}, "
+        f"max positions {recipe.max_position_embeddings}, tied embeddings; {n_params:,} parameters.",
+        f"- Data: rows of {recipe.seq_len} tokens (BOS first), per row drawn at random: "
+        f"{recipe.mix_repeat:.0%} random-token segments ({recipe.repeat_min}-{recipe.repeat_max} tokens) each "
+        f"followed by an exact copy; {recipe.mix_retrieval:.0%} packed key/value retrieval prompts "
+        "(`attention_influence.retrieval.build_sample`, 3 shots); the rest windows of a token stream of "
+        f"{recipe.text_docs} corpus documents. Loss on every token (padding excluded).",
+        f"- Optimisation: AdamW lr {recipe.lr:g} (warmup {recipe.warmup_steps}, cosine to "
+        f"{recipe.min_lr_ratio:g}x), weight decay {recipe.weight_decay:g}, clip {recipe.grad_clip:g}, "
+        f"batch {recipe.batch_size}, {recipe.steps} steps, seed {seed}, {recipe.threads} CPU threads, fp32.",
+        f"- Build time: {seconds / 60:.1f} min on {recipe.threads} CPU threads.",
+        "",
+        "## Checks at build time",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in checks.items()]
+    lines += ["", "## Full recipe", "", "```"] + [f"{k} = {v!r}" for k, v in asdict(recipe).items()] + ["```", ""]
+    return "\n".join(lines)
+
+
+def build_fixture(output_dir: str | Path, seed: int = 0, log: Callable[[str], None] = print, **recipe_kwargs) -> dict:
+    """Train tokenizer and model; save both plus RECIPE.md into `output_dir`. Returns the checks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    recipe = FixtureRecipe(**recipe_kwargs)
+    known = {f.name for f in fields(FixtureRecipe)}
+    assert set(recipe_kwargs) <= known
+    torch.set_num_threads(recipe.threads)
+    started = time.time()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    log("reading corpus ...")
+    all_docs = [d.text for d in iter_documents()]
+    step = max(1, len(all_docs) // recipe.tokenizer_docs)
+    tok_docs = all_docs[::step][:recipe.tokenizer_docs]
+    step = max(1, len(all_docs) // recipe.text_docs)
+    text_docs = all_docs[1::step][:recipe.text_docs]
+
+    log("training tokenizer ...")
+    tokenizer = train_tokenizer(recipe, seed, tok_docs)
+    vocab = len(tokenizer)
+    log(f"vocab {vocab}")
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_heads,
+        max_position_embeddings=recipe.max_position_embeddings,
+        rope_theta=recipe.rope_theta,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params:,} parameters")
+
+    batches = Batches(tokenizer, recipe, seed, text_docs)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
+    eval_ids = repeat_batch(tokenizer)
+    running = None
+    for step in range(recipe.steps):
+        ids, labels = batches.next()
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, recipe)
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        opt.step()
+        value = loss.item()
+        running = value if running is None else 0.9 * running + 0.1 * value
+        if (step + 1) % recipe.eval_every == 0 or step == 0:
+            model.eval()
+            rep = second_copy_loss(model, eval_ids)
+            model.train()
+            log(f"step {step + 1:5d}  loss {running:.3f}  repeat-2nd-copy loss {rep:.3f}  "
+                f"lr {_lr_at(step, recipe):.2e}  {time.time() - started:.0f}s")
+
+    model.eval()
+    seconds = time.time() - started
+    checks = run_checks(model, tokenizer)
+    for k, v in checks.items():
+        log(f"check {k}: {v}")
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / "RECIPE.md").write_text(_recipe_markdown(recipe, seed, n_params, seconds, checks), encoding="utf-8")
+    log(f"saved to {output_dir} in {seconds:.0f}s")
+    return checks
+
+
+def run_checks(model, tokenizer, context_tokens: int = 512, n_samples: int = 20) -> dict:
+    """Copy loss on repeated random tokens and greedy accuracy on retrieval answers."""
+    from attention_influence.masking import mask_heads
+    from attention_influence.retrieval import select_heads
+
+    vocab = model.config.vocab_size
+    ids = repeat_batch(tokenizer)
+    rep = second_copy_loss(model, ids)
+    prev = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        samples = build_samples(tokenizer, n_samples, context_tokens=context_tokens, seed=0)
+        scores = retrieval_scores(model, tokenizer, samples)
+    finally:
+        model.set_attn_implementation(prev)
+    heads = select_heads(scores.scores, 0.05)
+    with mask_heads(model, heads):
+        masked = second_copy_loss(model, ids)
+    n_layers, n_heads = scores.scores.shape
+    others = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in heads]
+    rng = random.Random(0)
+    rand_incr = []
+    for _ in range(20):
+        pick = rng.sample(others, len(heads))
+        with mask_heads(model, pick):
+            rand_incr.append(second_copy_loss(model, ids) - rep)
+    mean_rand = sum(rand_incr) / len(rand_incr)
+    return {
+        "repeat second-copy loss (64 tokens x2, 4 seeds)": round(rep, 4),
+        "0.5 ln(V)": round(0.5 * math.log(vocab), 4),
+        f"retrieval greedy accuracy (context {context_tokens}, {n_samples} samples)":
+            f"{scores.copied_tokens}/{scores.answer_tokens} = {scores.copied_tokens / max(1, scores.answer_tokens):.3f}",
+        "selected heads (top 5%)": {f"{l}.{h}": round(float(scores.scores[l, h]), 3) for l, h in heads},
+        "loss increase masking selected heads": round(masked - rep, 4),
+        "mean loss increase masking random heads (20 draws)": round(mean_rand, 4),
+        "ratio": round((masked - rep) / max(mean_rand, 1e-9), 2),
+    }

@@ -1,0 +1,114 @@
+"""Load a causal LM and its tokenizer the way users' checkpoints are loaded.
+
+Everything goes through `from_pretrained(path_or_id)`, so the fixture model of
+the tests takes the same path as a 1.3B model from the hub. Load failures
+become `ModelLoadError` with a one-line reason, for the jobs to print.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from attention_influence.masking import FAMILIES
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    pass
+
+
+def resolve_device(gpu_address: str | None = None) -> torch.device:
+    """The GPU Spark assigned (by address), else the CPU."""
+    if gpu_address is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(gpu_address)}")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device | str) -> str:
+    """`auto` means bfloat16 on a GPU that supports it, float32 elsewhere."""
+    if dtype == "auto":
+        device = torch.device(device)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bfloat16"
+        return "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be auto, float32 or bfloat16, got '{dtype}'")
+    return dtype
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
+
+
+def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise ModelLoadError(f"model path does not exist: {name_or_path}")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {reason}") from None
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False) or model_type not in FAMILIES:
+        supported = ", ".join(sorted(FAMILIES))
+        raise ModelLoadError(
+            f"model '{name_or_path}' has architecture '{model_type}', which is not a supported causal LM "
+            f"(supported: {supported})"
+        )
+    return config
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: torch.device | str = "cpu",
+               attn_implementation: str | None = None, revision: str | None = None,
+               trust_remote_code: bool = False):
+    """(model in eval mode on `device`, tokenizer). `dtype` must already be resolved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    load_config(name_or_path, revision, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            revision=revision,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {reason}") from None
+    return model.to(device).eval(), tokenizer
+
+
+def model_revision(name_or_path: str, revision: str | None = None) -> str:
+    """A stable identity of the weights: the hub commit, or a digest of a local checkpoint.
+
+    The local digest covers config.json and each weight file's name, size and
+    first megabyte (the safetensors header and first tensors): cheap for a 2B
+    model, and it changes whenever the checkpoint is rewritten.
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        try:
+            config = load_config(name_or_path, revision)
+            return getattr(config, "_commit_hash", None) or revision or "unknown"
+        except ModelLoadError:
+            return revision or "unknown"
+    digest = hashlib.sha256()
+    config_file = path / "config.json"
+    if config_file.exists():
+        digest.update(json.dumps(json.loads(config_file.read_text()), sort_keys=True).encode())
+    for weight in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
+        with weight.open("rb") as f:
+            digest.update(f.read(1 << 20))
+    return "local-" + digest.hexdigest()[:16]

@@ -1,0 +1,287 @@
+"""Per-token losses of the full and the head-masked model (SPEC §3).
+
+Tokens -> windows -> token-budget batches -> per-token losses -> documents.
+
+* A document is `tokenizer(text)["input_ids"]` (special tokens included), cut
+  into consecutive, non-overlapping windows of `max_seq_len`; in each window
+  every token but the first is predicted. Document losses are token-weighted
+  means over all predicted tokens.
+* Windows are sorted by length and packed into batches of at most
+  `batch_tokens` padded tokens, right-padded. Under causal attention a real
+  token never sees a pad to its right, so padding cannot change a result; the
+  pads' outputs are dropped.
+* The fused pass runs the layers below the first masked layer once, then
+  continues full and masked copies of the batch side by side (2x rows); the
+  two-pass variant runs the model twice. Both give the same losses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from attention_influence.masking import Head, decoder_layers, mask_heads, validate_heads
+
+STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
+
+
+@dataclass
+class DocScore:
+    """Score of one document; losses are mean nats per predicted token."""
+
+    n_tokens: int | None
+    loss_full: float | None = None
+    loss_masked: float | None = None
+    status: str = STATUS_OK
+    error: str | None = None
+    token_loss_full: list[float] | None = None
+    token_loss_masked: list[float] | None = None
+
+    @property
+    def attention_influence(self) -> float | None:
+        if self.status != STATUS_OK:
+            return None
+        return (self.loss_masked - self.loss_full) / self.loss_full
+
+
+def split_windows(ids: Sequence[int], max_seq_len: int) -> list[list[int]]:
+    """Consecutive, non-overlapping windows; a trailing window of one token predicts nothing."""
+    if max_seq_len < 2:
+        raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
+    return [list(ids[i:i + max_seq_len]) for i in range(0, len(ids), max_seq_len)]
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices of windows grouped so that rows x longest row <= batch_tokens (one row at least).
+
+    Longest first, so each batch holds windows of similar length and padding
+    stays small; callers restore the input order by index.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = lengths[current[0]] if current else lengths[index]
+        if current and (len(current) + 1) * longest > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Share of the computed token slots that are padding."""
+    real = sum(lengths[i] for batch in batches for i in batch)
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    return 1 - real / padded if padded else 0.0
+
+
+class _FanOut:
+    """Forward pre-hooks that turn a batch of B rows into [full; masked] 2B rows at `first_layer`.
+
+    Every decoder layer from `first_layer` on receives per-row tensors
+    (position embeddings, masks) computed for B rows; those are tiled to 2B.
+    Only tensors of 2+ dimensions whose first dimension is B are tiled, which
+    is what per-row inputs look like in every supported family.
+    """
+
+    def __init__(self, model, first_layer: int):
+        self.layers = list(decoder_layers(model))[first_layer:]
+        self.rows = 0
+        self.handles = []
+
+    def _tile(self, value):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == self.rows:
+            return torch.cat([value, value], dim=0)
+        if isinstance(value, tuple):
+            return tuple(self._tile(v) for v in value)
+        return value
+
+    def _hook(self, is_first: bool):
+        def hook(_module, args, kwargs):
+            if is_first:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                self.rows = hidden.shape[0]
+            args = tuple(self._tile(a) for a in args)
+            kwargs = {k: self._tile(v) for k, v in kwargs.items()}
+            return args, kwargs
+        return hook
+
+    def __enter__(self):
+        self.handles = [layer.register_forward_pre_hook(self._hook(i == 0), with_kwargs=True)
+                        for i, layer in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 25) -> torch.Tensor:
+    """Cross-entropy of each next token in float32, computing logits a slice of rows at a time."""
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    rows, length, _ = hidden.shape
+    vocab = head.weight.shape[0]
+    step = max(1, max_logits // max(1, length * vocab))
+    losses = []
+    for start in range(0, rows, step):
+        logits = head(hidden[start:start + step]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        part = targets[start:start + step]
+        losses.append(F.cross_entropy(logits.reshape(-1, vocab), part.reshape(-1), reduction="none").view(part.shape))
+    return torch.cat(losses)
+
+
+def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: bool = True):
+    """Per-token losses (rows, length-1) of the full and the masked model for a right-padded batch."""
+    targets = input_ids[:, 1:]
+    base = model.base_model
+    if not heads:
+        hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+        full = _token_losses(model, hidden, targets)
+        return full, full.clone()
+    if not fused:
+        hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+        full = _token_losses(model, hidden, targets)
+        with mask_heads(model, heads):
+            hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+        return full, _token_losses(model, hidden, targets)
+    rows = input_ids.shape[0]
+    masked_rows = torch.arange(2 * rows, device=input_ids.device) >= rows
+    with _FanOut(model, min(layer for layer, _ in heads)), mask_heads(model, heads, masked_rows):
+        hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    both = _token_losses(model, hidden, torch.cat([targets, targets]))
+    return both[:rows], both[rows:]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class Scorer:
+    """`Scorer(model, tokenizer, heads, max_seq_len).score(texts) -> list[DocScore]`.
+
+    Results do not depend on `batch_tokens`, on `fused`, or on which texts
+    share a call (float32: equal to 1e-5).
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    heads: Sequence[Head]
+    max_seq_len: int
+    batch_tokens: int = 16384
+    fused: bool = True
+    token_losses: bool = False
+    max_chars: int = 1_000_000
+    on_batch: Callable[[int, int], None] | None = None  # (windows done, windows total)
+    stats: dict = field(default_factory=lambda: {"real_tokens": 0, "padded_tokens": 0, "oom_splits": 0})
+
+    def __post_init__(self):
+        self.heads = validate_heads(self.model, self.heads)
+        if self.max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be at least 2, got {self.max_seq_len}")
+        self.batch_tokens = max(int(self.batch_tokens), self.max_seq_len)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    def tokenize(self, text) -> tuple[list[int] | None, DocScore | None]:
+        """Token ids, or the final DocScore for a document that cannot be scored."""
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return None, DocScore(None, status=STATUS_ERROR, error=f"undecodable: {exc}")
+        if text is None or (isinstance(text, float) and math.isnan(text)):
+            return None, DocScore(None, status=STATUS_EMPTY, error="text is null")
+        if not isinstance(text, str):
+            return None, DocScore(None, status=STATUS_ERROR, error=f"text is {type(text).__name__}, not a string")
+        if not text.strip():
+            return None, DocScore(0, status=STATUS_EMPTY, error="text is blank")
+        if len(text) > self.max_chars:
+            return None, DocScore(None, status=STATUS_ERROR, error=f"oversized: {len(text)} characters > max_chars {self.max_chars}")
+        try:
+            ids = list(self.tokenizer(text)["input_ids"])
+        except Exception as exc:  # a tokenizer may reject odd text; that row fails alone
+            return None, DocScore(None, status=STATUS_ERROR, error=f"tokenizer failed: {exc.__class__.__name__}: {exc}"[:500])
+        if len(ids) < 2:
+            return None, DocScore(len(ids), status=STATUS_EMPTY, error=f"fewer than 2 tokens ({len(ids)})")
+        return ids, None
+
+    def score(self, texts: Sequence) -> list[DocScore]:
+        results: list[DocScore | None] = []
+        windows: list[list[int]] = []
+        owners: list[int] = []
+        for doc_index, text in enumerate(texts):
+            ids, final = self.tokenize(text)
+            results.append(final)
+            if ids is None:
+                continue
+            results[doc_index] = DocScore(len(ids))
+            for window in split_windows(ids, self.max_seq_len):
+                if len(window) >= 2:
+                    windows.append(window)
+                    owners.append(doc_index)
+
+        window_losses = self.window_losses(windows)
+        per_doc: dict[int, list[int]] = {}
+        for w, doc_index in enumerate(owners):
+            per_doc.setdefault(doc_index, []).append(w)
+        for doc_index, ws in per_doc.items():
+            full = torch.cat([window_losses[w][0] for w in ws]).double()
+            masked = torch.cat([window_losses[w][1] for w in ws]).double()
+            doc = results[doc_index]
+            doc.loss_full, doc.loss_masked = float(full.mean()), float(masked.mean())
+            if not (math.isfinite(doc.loss_full) and math.isfinite(doc.loss_masked)) or doc.loss_full <= 0:
+                doc.status, doc.error = STATUS_ERROR, f"loss not usable (full={doc.loss_full}, masked={doc.loss_masked})"
+            if self.token_losses:
+                doc.token_loss_full, doc.token_loss_masked = full.float().tolist(), masked.float().tolist()
+        return results
+
+    @torch.inference_mode()
+    def window_losses(self, windows: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(full, masked) per-token losses on the CPU for each window, in input order."""
+        lengths = [len(w) for w in windows]
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(windows)
+        pending = plan_batches(lengths, self.batch_tokens)
+        done = 0
+        while pending:
+            batch = pending.pop(0)
+            try:
+                full, masked = self._run(windows, batch)
+            except RuntimeError as exc:
+                if not _is_out_of_memory(exc) or len(batch) == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.stats["oom_splits"] += 1
+                half = len(batch) // 2
+                pending[:0] = [batch[:half], batch[half:]]
+                continue
+            for row, index in enumerate(batch):
+                n = lengths[index] - 1
+                out[index] = (full[row, :n], masked[row, :n])
+            longest = max(lengths[i] for i in batch)
+            self.stats["real_tokens"] += sum(lengths[i] for i in batch)
+            self.stats["padded_tokens"] += longest * len(batch)
+            done += len(batch)
+            if self.on_batch:
+                self.on_batch(done, len(windows))
+        return out
+
+    def _run(self, windows, batch):
+        device = next(self.model.parameters()).device
+        longest = max(len(windows[i]) for i in batch)
+        ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids[row, :len(windows[index])] = torch.tensor(windows[index])
+        if device.type == "cuda":
+            ids = ids.pin_memory().to(device, non_blocking=True)
+        full, masked = batch_losses(self.model, ids, self.heads, fused=self.fused)
+        return full.cpu(), masked.cpu()

@@ -1,0 +1,1 @@
+"""Entry points: flags -> read -> transform -> write. No tensors here."""

@@ -1,0 +1,114 @@
+"""Find the retrieval heads of a model (SPEC §2): synthetic task -> per-head scores -> Delta + JSON + heatmap.
+
+    python spark_jobs/detect_heads.py --model fixtures/tiny-llama \
+        --output demo-output/head_scores --heads-out demo-output/heads.json
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
+# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from spark_jobs.common import JobError, fraction, get_spark, new_parser, parse_flags, positive_int, replace_table, run
+
+HEAD_SCORES_DDL = ("layer INT, head INT, retrieval_score DOUBLE, rank INT, selected BOOLEAN, "
+                   "model STRING, detected_at TIMESTAMP")
+
+
+def build_parser():
+    p = new_parser("Score every attention head by its retrieval score and select the top fraction (SPEC §2).")
+    p.add_argument("--model", help="local model directory or hub id")
+    p.add_argument("--revision", help="model revision on the hub")
+    p.add_argument("--output", help="Delta path or catalog table for the head scores")
+    p.add_argument("--heads-out", help="heads JSON to write (heads.png is written next to it)")
+    p.add_argument("--top-fraction", type=fraction, help="share of all heads to select")
+    p.add_argument("--samples", type=positive_int, help="synthetic retrieval prompts")
+    p.add_argument("--context-tokens", type=positive_int, help="prompt length in tokens (capped at the model's)")
+    p.add_argument("--seed", type=int, help="seed of the synthetic task")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    return p
+
+
+def plot_heatmap(scores, heads, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_layers, n_heads = scores.shape
+    fig, ax = plt.subplots(figsize=(max(4, n_heads * 0.45 + 2), max(3, n_layers * 0.3 + 1.5)))
+    image = ax.imshow(scores, aspect="auto", cmap="viridis", origin="lower")
+    for layer, head in heads:
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="retrieval score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_flags("detect_heads", build_parser(), argv)
+    import torch
+
+    from attention_influence.loading import load_config, load_model, model_revision, resolve_dtype
+    from attention_influence.retrieval import build_samples, heads_document, retrieval_scores, select_heads
+
+    for flag in ("model", "output", "heads_out"):
+        if not getattr(args, flag):
+            raise JobError(f"--{flag.replace('_', '-')} is required")
+    config = load_config(args.model, args.revision)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device in (None, "auto") else args.device
+    model, tokenizer = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device,
+                                  attn_implementation="eager", revision=args.revision)
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+    context_tokens = min(args.context_tokens, int(context))
+
+    started = time.time()
+    samples = build_samples(tokenizer, args.samples, context_tokens, seed=args.seed)
+    result = retrieval_scores(model, tokenizer, samples)
+    heads = select_heads(result.scores, args.top_fraction)
+    print(f"scored {result.scores.size} heads on {len(samples)} prompts of <= {context_tokens} tokens "
+          f"in {time.time() - started:.1f}s; the model copied {result.copied_tokens}/{result.answer_tokens} "
+          f"answer tokens", file=sys.stderr)
+
+    revision = model_revision(args.model, args.revision)
+    document = heads_document(args.model, revision, args.top_fraction, heads, result.scores)
+    heads_path = Path(args.heads_out)
+    heads_path.parent.mkdir(parents=True, exist_ok=True)
+    heads_path.write_text(json.dumps(document, indent=2) + "\n")
+    plot_path = heads_path.with_suffix(".png")
+    plot_heatmap(result.scores, heads, plot_path, f"retrieval scores: {args.model} (selected in red)")
+
+    n_layers, n_heads = result.scores.shape
+    order = sorted(((-result.scores[l, h], l, h) for l in range(n_layers) for h in range(n_heads)))
+    detected_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    selected = set(heads)
+    rows = [(l, h, float(-s), rank + 1, (l, h) in selected, args.model, detected_at)
+            for rank, (s, l, h) in enumerate(order)]
+    spark = get_spark("attention-influence-detect-heads")
+    replace_table(spark.createDataFrame(rows, HEAD_SCORES_DDL), args.output,
+                  {"attention_influence.model": args.model, "attention_influence.model_revision": revision,
+                   "attention_influence.top_fraction": str(args.top_fraction)})
+
+    print("selected heads (layer.head: retrieval score): " +
+          ", ".join(f"{l}.{h}: {result.scores[l, h]:.3f}" for l, h in heads))
+    print(f"wrote {args.output}, {heads_path}, {plot_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,179 @@
+"""Score documents with AttentionInfluence: read Delta -> pandas UDF -> MERGE into Delta -> summary.
+
+    python spark_jobs/score.py --input demo-output/corpus --output demo-output/scored \
+        --model fixtures/tiny-llama --heads demo-output/heads.json
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
+# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
+import hashlib
+import time
+
+from spark_jobs.common import (JobError, delta_table, dumps, get_spark, new_parser, parse_flags, positive_int,
+                               quote_identifier, read_table, replace_table, run, set_table_properties, table_exists,
+                               table_properties)
+
+MASKING = "zero-head-output-before-attention-output-projection"
+PROPERTY_PREFIX = "attention_influence."
+
+
+def build_parser():
+    p = new_parser("Score every document of a Delta table by AttentionInfluence (SPEC §3).")
+    p.add_argument("--input", help="Delta path (contains '/') or catalog table of documents")
+    p.add_argument("--output", help="Delta path or catalog table of scores")
+    p.add_argument("--model", help="local model directory or hub id (the strong model)")
+    p.add_argument("--revision", help="model revision on the hub")
+    p.add_argument("--heads", help="heads JSON written by detect_heads.py")
+    p.add_argument("--id-col", help="unique document id column")
+    p.add_argument("--text-col", help="document text column")
+    p.add_argument("--domain-col", help="domain column (optional in the input)")
+    p.add_argument("--carry-cols", help="comma-separated input columns copied to the output, '*' for all")
+    p.add_argument("--max-seq-len", type=positive_int, help="window length; default the model's, capped at 2048")
+    p.add_argument("--batch-tokens", type=positive_int, help="padded tokens per forward pass")
+    p.add_argument("--arrow-batch-size", type=positive_int, help="documents per Arrow batch")
+    p.add_argument("--partitions", type=positive_int, help="repartition the documents to this many tasks")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--token-losses", action=argparse.BooleanOptionalAction, help="store per-token losses")
+    p.add_argument("--mode", choices=["incremental", "overwrite"])
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction,
+                   help="share the layers below the first masked layer between both models")
+    p.add_argument("--max-chars", type=positive_int, help="longer documents get status 'error'")
+    return p
+
+
+def scorer_identity(args, heads, revision: str, dtype: str, max_seq_len: int) -> tuple[str, dict]:
+    """(fingerprint, readable form) of everything that changes a score."""
+    readable = {"model": args.model, "model_revision": revision, "heads": [list(h) for h in heads],
+                "max_seq_len": max_seq_len, "masking": MASKING, "dtype": dtype}
+    return "ai1-" + hashlib.sha256(dumps(readable).encode()).hexdigest()[:16], readable
+
+
+def check_input(df, args) -> list[str]:
+    """Columns to carry; refuse missing columns, null and duplicate ids before any scoring."""
+    from pyspark.sql import functions as F
+
+    missing = [c for c in (args.id_col, args.text_col) if c not in df.columns]
+    if missing:
+        raise JobError(f"input {args.input} has no column(s) {', '.join(missing)} (columns: {', '.join(df.columns)})")
+    text_type = df.schema[args.text_col].dataType.simpleString()
+    if text_type not in ("string", "binary"):
+        raise JobError(f"text column {args.text_col} is {text_type}, expected STRING")
+    if args.carry_cols in (None, "*"):
+        carry = list(df.columns)
+    else:
+        carry = [c.strip() for c in args.carry_cols.split(",") if c.strip()]
+        carry += [c for c in (args.id_col, args.domain_col) if c in df.columns and c not in carry]
+        unknown = [c for c in carry if c not in df.columns]
+        if unknown:
+            raise JobError(f"--carry-cols names missing column(s): {', '.join(unknown)}")
+    clash = [c for c in carry if c in {"n_tokens", "loss_full", "loss_masked", "attention_influence", "status",
+                                       "error", "scorer", "scored_at", "token_loss_full", "token_loss_masked"}]
+    if clash:
+        raise JobError(f"input column(s) {', '.join(clash)} clash with score columns; drop or rename them")
+    problems = (df.groupBy(args.id_col).count().where(F.col("count") > 1).limit(3).collect())
+    if problems:
+        examples = ", ".join(repr(r[0]) for r in problems)
+        raise JobError(f"input has duplicate ids in column {args.id_col} (e.g. {examples}); ids must be unique")
+    if df.where(F.col(args.id_col).isNull()).limit(1).count():
+        raise JobError(f"input has null ids in column {args.id_col}")
+    return carry
+
+
+def resolve_scorer(args, spark):
+    """Heads, window length, dtype and fingerprint, checked on the driver before any task starts."""
+    from attention_influence.loading import load_config, model_revision, resolve_dtype
+    from attention_influence.retrieval import load_heads
+
+    heads = load_heads(args.heads)
+    config = load_config(args.model, args.revision)
+    n_layers, n_heads = config.num_hidden_layers, config.num_attention_heads
+    bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+    if bad:
+        raise JobError(f"heads out of range for {args.model} ({n_layers} layers x {n_heads} heads): {bad[:5]}")
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+    max_seq_len = args.max_seq_len or min(int(context), 2048)
+    gpu_cluster = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    dtype = resolve_dtype(args.dtype, "cuda" if gpu_cluster else "cpu")
+    fingerprint, readable = scorer_identity(args, heads, model_revision(args.model, args.revision), dtype,
+                                            max_seq_len)
+    return heads, max_seq_len, dtype, fingerprint, readable
+
+
+def write_scores(spark, scored, args, output_exists: bool, properties: dict) -> None:
+    """Overwrite: one atomic replace. Incremental: one MERGE (new ids inserted, stale scorers replaced)."""
+    from pyspark.sql import functions as F
+
+    if args.mode == "overwrite" or not output_exists:
+        replace_table(scored, args.output, properties)
+        return
+    same_id = F.col("t." + quote_identifier(args.id_col)) == F.col("s." + quote_identifier(args.id_col))
+    (delta_table(spark, args.output).alias("t").merge(scored.alias("s"), same_id)
+     .whenMatchedUpdateAll(condition="t.scorer <> s.scorer")
+     .whenNotMatchedInsertAll()
+     .execute())
+    if table_properties(spark, args.output).get(PROPERTY_PREFIX + "scorer") != properties[PROPERTY_PREFIX + "scorer"]:
+        set_table_properties(spark, args.output, properties)
+
+
+def main(argv=None):
+    args = parse_flags("score", build_parser(), argv)
+    for flag in ("input", "output", "model", "heads"):
+        if not getattr(args, flag):
+            raise JobError(f"--{flag} is required")
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from udfs.influence import ScoringSettings, score_documents
+
+    spark = get_spark("attention-influence-score")
+    heads, max_seq_len, dtype, fingerprint, readable = resolve_scorer(args, spark)
+    documents = read_table(spark, args.input)
+    carry = check_input(documents, args)
+    output_exists = table_exists(spark, args.output)
+    todo = documents
+    if args.mode == "incremental" and output_exists:
+        done = read_table(spark, args.output).where(F.col("scorer") == fingerprint).select(args.id_col)
+        todo = documents.join(done, on=args.id_col, how="left_anti")
+    if args.partitions:
+        todo = todo.repartition(args.partitions)
+
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_size))
+    settings = ScoringSettings(model=args.model, heads=tuple(heads), max_seq_len=max_seq_len, dtype=dtype,
+                               text_col=args.text_col, carry_cols=tuple(carry), batch_tokens=args.batch_tokens,
+                               token_losses=bool(args.token_losses), fused=bool(args.fused),
+                               max_chars=args.max_chars, revision=args.revision)
+    scored = (score_documents(todo, settings)
+              .withColumn("scorer", F.lit(fingerprint))
+              .withColumn("scored_at", F.current_timestamp()))
+    print(f"scoring {args.input} with {args.model} ({len(heads)} masked heads, max_seq_len {max_seq_len}, "
+          f"{dtype}) -> {args.output} [{args.mode}]", file=sys.stderr, flush=True)
+
+    started = time.time()
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # score once; the write reads the cached rows
+    stats = scored.groupBy("status").agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens")).collect()
+    elapsed = time.time() - started
+    by_status = {r["status"]: r["documents"] for r in stats}
+    if by_status or args.mode == "overwrite" or not output_exists:  # a rerun with nothing new writes nothing
+        properties = {PROPERTY_PREFIX + "scorer": fingerprint, PROPERTY_PREFIX + "scorer_config": dumps(readable),
+                      PROPERTY_PREFIX + "id_col": args.id_col, PROPERTY_PREFIX + "domain_col": args.domain_col}
+        write_scores(spark, scored, args, output_exists, properties)
+    scored.unpersist()
+
+    tokens = sum(r["tokens"] or 0 for r in stats if r["status"] == "ok")
+    print(f"scored {sum(by_status.values())} documents ({tokens} tokens) in {elapsed:.1f}s: "
+          f"{tokens / elapsed if elapsed else 0:.0f} tokens/s; status {dumps(by_status)}")
+    print(f"scorer {fingerprint}; wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

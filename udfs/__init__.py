@@ -1,0 +1,1 @@
+"""Spark adapters: pandas UDFs around the core scorer. No flag parsing here."""

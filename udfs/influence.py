@@ -1,0 +1,124 @@
+"""AttentionInfluence as a `mapInPandas` function: Iterator[pd.DataFrame] -> Iterator[pd.DataFrame].
+
+The model is loaded once per Python worker (cached in this module, which a
+reused worker keeps between tasks), on the GPU that Spark assigned to the
+task (`TaskContext.get().resources()["gpu"]`), on the CPU when none is.
+Both losses come out of one function, so one process holds one model.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import pandas as pd
+
+SCORE_COLUMNS = [
+    ("n_tokens", "INT"),
+    ("loss_full", "DOUBLE"),
+    ("loss_masked", "DOUBLE"),
+    ("attention_influence", "DOUBLE"),
+    ("status", "STRING"),
+    ("error", "STRING"),
+]
+TOKEN_LOSS_COLUMNS = [("token_loss_full", "ARRAY<FLOAT>"), ("token_loss_masked", "ARRAY<FLOAT>")]
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Everything a worker needs to build its scorer; picklable, hashable (the cache key)."""
+
+    model: str
+    heads: tuple[tuple[int, int], ...]
+    max_seq_len: int
+    dtype: str  # resolved: float32 | bfloat16
+    text_col: str
+    carry_cols: tuple[str, ...]
+    batch_tokens: int = 16384
+    token_losses: bool = False
+    fused: bool = True
+    max_chars: int = 1_000_000
+    revision: str | None = None
+
+    def output_ddl(self, input_schema) -> str:
+        """DDL of the function's output: the carried input columns, then the score columns."""
+        carried = [f"`{f.name.replace('`', '``')}` {f.dataType.simpleString()}" for f in input_schema.fields
+                   if f.name in self.carry_cols]
+        scores = SCORE_COLUMNS + (TOKEN_LOSS_COLUMNS if self.token_losses else [])
+        return ", ".join(carried + [f"{name} {kind}" for name, kind in scores])
+
+
+_SCORERS: dict = {}
+
+
+def _assigned_gpu() -> str | None:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    gpus = context.resources().get("gpu") if context is not None else None
+    return gpus.addresses[0] if gpus is not None and gpus.addresses else None
+
+
+def get_scorer(settings: ScoringSettings, gpu: str | None):
+    """The worker's scorer for these settings and this device, built on first use."""
+    from attention_influence.loading import load_model, resolve_device
+    from attention_influence.losses import Scorer
+
+    device = resolve_device(gpu)
+    key = (settings, str(device))
+    if key not in _SCORERS:
+        _SCORERS.clear()  # one model per worker: drop a previous one before loading
+        started = time.time()
+        model, tokenizer = load_model(settings.model, dtype=settings.dtype, device=device, revision=settings.revision)
+        _SCORERS[key] = Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
+                               batch_tokens=settings.batch_tokens, fused=settings.fused,
+                               token_losses=settings.token_losses, max_chars=settings.max_chars)
+        print(f"[attention-influence] loaded {settings.model} on {device} ({settings.dtype}) "
+              f"in {time.time() - started:.1f}s", file=sys.stderr, flush=True)
+    return _SCORERS[key]
+
+
+def score_frame(scorer, frame: pd.DataFrame, settings: ScoringSettings) -> pd.DataFrame:
+    """One Arrow batch: the carried columns plus the score columns, row for row."""
+    docs = scorer.score(frame[settings.text_col].tolist())
+    out = frame[[c for c in frame.columns if c in settings.carry_cols]].copy()
+    out["n_tokens"] = pd.array([d.n_tokens for d in docs], dtype="Int32")
+    out["loss_full"] = pd.array([d.loss_full for d in docs], dtype="Float64")
+    out["loss_masked"] = pd.array([d.loss_masked for d in docs], dtype="Float64")
+    out["attention_influence"] = pd.array([d.attention_influence for d in docs], dtype="Float64")
+    out["status"] = [d.status for d in docs]
+    out["error"] = [d.error for d in docs]
+    if settings.token_losses:
+        out["token_loss_full"] = [d.token_loss_full for d in docs]
+        out["token_loss_masked"] = [d.token_loss_masked for d in docs]
+    return out
+
+
+def make_score_partition(settings: ScoringSettings):
+    """The function to hand to `DataFrame.mapInPandas(fn, settings.output_ddl(schema))`."""
+
+    def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        gpu = _assigned_gpu()
+        for frame in frames:
+            if len(frame):  # an empty partition never loads the model
+                yield score_frame(get_scorer(settings, gpu), frame, settings)
+
+    return score_partition
+
+
+def score_documents(documents, settings: ScoringSettings):
+    """`documents` with the score columns, one output row per input row.
+
+    Text travels to Python as bytes, so a string that is not valid UTF-8 becomes
+    a row with status 'error' instead of an Arrow failure that stops the job.
+    """
+    from pyspark.sql import functions as F
+
+    text_type = documents.schema[settings.text_col].dataType.simpleString()
+    as_bytes = documents.withColumn(settings.text_col, F.col(settings.text_col).cast("binary"))
+    scored = as_bytes.mapInPandas(make_score_partition(settings), settings.output_ddl(as_bytes.schema))
+    if settings.text_col in settings.carry_cols:
+        scored = scored.withColumn(settings.text_col, F.col(settings.text_col).cast(text_type))
+    return scored
