@@ -88,9 +88,9 @@ def check_input(df, args) -> list[str]:
     return carry
 
 
-def resolve_scorer(args, spark):
-    """Heads, window length, dtype and fingerprint, checked on the driver before any task starts."""
-    from attention_influence.loading import load_config, model_revision, resolve_dtype
+def check_model_and_heads(args):
+    """(heads, max_seq_len): model config and heads checked before Spark starts or a task runs."""
+    from attention_influence.loading import load_config
     from attention_influence.retrieval import load_heads
 
     heads = load_heads(args.heads)
@@ -100,12 +100,7 @@ def resolve_scorer(args, spark):
     if bad:
         raise JobError(f"heads out of range for {args.model} ({n_layers} layers x {n_heads} heads): {bad[:5]}")
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-    max_seq_len = args.max_seq_len or min(int(context), 2048)
-    gpu_cluster = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
-    dtype = resolve_dtype(args.dtype, "cuda" if gpu_cluster else "cpu")
-    fingerprint, readable = scorer_identity(args, heads, model_revision(args.model, args.revision), dtype,
-                                            max_seq_len)
-    return heads, max_seq_len, dtype, fingerprint, readable
+    return heads, args.max_seq_len or min(int(context), 2048)
 
 
 def write_scores(spark, scored, args, output_exists: bool, properties: dict) -> None:
@@ -134,8 +129,14 @@ def main(argv=None):
 
     from udfs.influence import ScoringSettings, score_documents
 
+    from attention_influence.loading import model_revision, resolve_dtype
+
+    heads, max_seq_len = check_model_and_heads(args)
     spark = get_spark("attention-influence-score")
-    heads, max_seq_len, dtype, fingerprint, readable = resolve_scorer(args, spark)
+    gpu_cluster = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    dtype = resolve_dtype(args.dtype, "cuda" if gpu_cluster else "cpu")
+    fingerprint, readable = scorer_identity(args, heads, model_revision(args.model, args.revision), dtype,
+                                            max_seq_len)
     documents = read_table(spark, args.input)
     carry = check_input(documents, args)
     output_exists = table_exists(spark, args.output)

@@ -1,0 +1,43 @@
+"""Shared fixtures: one local SparkSession with Delta for the whole suite, the fixture model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_MODEL = os.environ.get("ATTENTION_INFLUENCE_TEST_MODEL", str(REPO / "fixtures" / "tiny-llama"))
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """The suite's only SparkSession: conf/spark/local.conf, two cores, a private warehouse."""
+    from spark_jobs.common import LOCAL_PROFILE, get_spark, read_properties
+
+    props = read_properties(LOCAL_PROFILE)
+    props.update({
+        "spark.master": "local[2]",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse")),
+    })
+    conf = tmp_path_factory.mktemp("conf") / "tests.conf"
+    conf.write_text("".join(f"{k} {v}\n" for k, v in props.items()))
+    os.environ["ATTENTION_INFLUENCE_SPARK_CONF"] = str(conf)
+    session = get_spark("attention-influence-tests")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def fixture_model() -> str:
+    return FIXTURE_MODEL

@@ -1,0 +1,213 @@
+"""spark_jobs/score.py through its real entry point on small Delta tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pyspark.sql import functions as F
+
+from spark_jobs import score
+from tests.helpers import SAMPLE_TEXTS, run_job, write_docs, write_heads
+
+pytestmark = pytest.mark.slow
+
+MAX_SEQ_LEN = 48  # short windows so several documents span more than one
+
+
+@pytest.fixture(scope="module")
+def heads(fixture_model):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(fixture_model)
+    return [(config.num_hidden_layers // 2, 0), (config.num_hidden_layers - 1, config.num_attention_heads - 1)]
+
+
+@pytest.fixture(scope="module")
+def corpus(spark, tmp_path_factory):
+    """Good documents plus one of every kind of bad row."""
+    path = tmp_path_factory.mktemp("corpus") / "docs"
+    rows = SAMPLE_TEXTS + [("null-text", "prose", None), ("blank", "prose", "  \n\t "),
+                           ("huge", "legal", "word " * 2000), ("empty", "code", "")]
+    write_docs(spark, rows, path)
+    invalid_utf8 = spark.createDataFrame([("bad-utf8", "code")], "id STRING, domain STRING") \
+        .withColumn("text", F.unhex(F.lit("C328FF")).cast("string"))
+    invalid_utf8.write.format("delta").mode("append").save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def scored_once(spark, corpus, fixture_model, heads, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("scored")
+    heads_file = write_heads(tmp / "heads.json", heads)
+    output = str(tmp / "scored")
+    code, _ = run_job(score, ["--input", corpus, "--output", output, "--model", fixture_model, "--heads", heads_file,
+                              "--max-seq-len", MAX_SEQ_LEN, "--max-chars", 5000, "--partitions", 1,
+                              "--token-losses"])
+    assert code == 0
+    return output, heads_file
+
+
+def reference_scores(fixture_model, heads, texts):
+    """The core scorer in this process, float32 (itself tested against a plain transformers forward)."""
+    from attention_influence.loading import load_model
+    from attention_influence.losses import Scorer
+
+    model, tokenizer = load_model(fixture_model)
+    return Scorer(model, tokenizer, heads, MAX_SEQ_LEN, fused=False).score(texts)
+
+
+def test_output_schema(spark, scored_once):
+    output, _ = scored_once
+    types = {f.name: f.dataType.simpleString() for f in spark.read.format("delta").load(output).schema.fields}
+    assert types == {"id": "string", "domain": "string", "text": "string", "n_tokens": "int",
+                     "loss_full": "double", "loss_masked": "double", "attention_influence": "double",
+                     "status": "string", "error": "string", "token_loss_full": "array<float>",
+                     "token_loss_masked": "array<float>", "scorer": "string", "scored_at": "timestamp"}
+
+
+def test_every_input_row_once_with_status(spark, corpus, scored_once):
+    output, _ = scored_once
+    rows = {r["id"]: r for r in spark.read.format("delta").load(output).collect()}
+    inputs = [r["id"] for r in spark.read.format("delta").load(corpus).collect()]
+    assert sorted(rows) == sorted(inputs)
+    assert spark.read.format("delta").load(output).count() == len(inputs)
+    assert {i: rows[i]["status"] for i in ("null-text", "blank", "empty", "huge", "bad-utf8")} == {
+        "null-text": "empty", "blank": "empty", "empty": "empty", "huge": "error", "bad-utf8": "error"}
+    assert "oversized" in rows["huge"]["error"] and "undecodable" in rows["bad-utf8"]["error"]
+    for doc_id, _, _ in SAMPLE_TEXTS:
+        assert rows[doc_id]["status"] == "ok" and rows[doc_id]["error"] is None
+        assert rows[doc_id]["attention_influence"] is not None
+    assert len({r["scorer"] for r in rows.values()}) == 1
+
+
+def test_influence_formula_and_token_arrays(spark, scored_once):
+    output, _ = scored_once
+    for row in spark.read.format("delta").load(output).where("status = 'ok'").collect():
+        assert row["attention_influence"] == pytest.approx(
+            (row["loss_masked"] - row["loss_full"]) / row["loss_full"], rel=1e-12)
+        windows = math.ceil(row["n_tokens"] / MAX_SEQ_LEN)
+        predicted = row["n_tokens"] - windows  # a trailing one-token window predicts nothing
+        assert len(row["token_loss_full"]) == len(row["token_loss_masked"]) == predicted
+        assert sum(row["token_loss_full"]) / predicted == pytest.approx(row["loss_full"], abs=1e-5)
+
+
+def test_scores_equal_the_core_whatever_the_partitioning(spark, corpus, scored_once, fixture_model, heads,
+                                                          tmp_path):
+    output, heads_file = scored_once
+    first = {r["id"]: r for r in spark.read.format("delta").load(output).where("status = 'ok'").collect()}
+    reference = dict(zip([d for d, _, _ in SAMPLE_TEXTS],
+                         reference_scores(fixture_model, heads, [t for _, _, t in SAMPLE_TEXTS])))
+    other = str(tmp_path / "scored")
+    code, _ = run_job(score, ["--input", corpus, "--output", other, "--model", fixture_model, "--heads", heads_file,
+                              "--max-seq-len", MAX_SEQ_LEN, "--max-chars", 5000, "--partitions", 3,
+                              "--arrow-batch-size", 2, "--batch-tokens", 64, "--no-fused"])
+    assert code == 0
+    second = {r["id"]: r for r in spark.read.format("delta").load(other).where("status = 'ok'").collect()}
+    assert sorted(first) == sorted(second) == sorted(reference)
+    for doc_id, expected in reference.items():
+        for rows in (first, second):
+            assert rows[doc_id]["n_tokens"] == expected.n_tokens
+            assert rows[doc_id]["loss_full"] == pytest.approx(expected.loss_full, abs=1e-5)
+            assert rows[doc_id]["loss_masked"] == pytest.approx(expected.loss_masked, abs=1e-5)
+
+
+def test_incremental_reruns(spark, tmp_path, fixture_model, heads, capsys):
+    from delta.tables import DeltaTable
+
+    corpus = write_docs(spark, SAMPLE_TEXTS[:6], tmp_path / "docs")
+    output = str(tmp_path / "scored")
+    argv = ["--input", corpus, "--output", output, "--model", fixture_model,
+            "--heads", write_heads(tmp_path / "heads.json", heads), "--max-seq-len", MAX_SEQ_LEN]
+    assert run_job(score, argv)[0] == 0
+    version = DeltaTable.forPath(spark, output).history(1).first()["version"]
+    first = {r["id"]: r["scored_at"] for r in spark.read.format("delta").load(output).collect()}
+
+    # rerun with nothing new: no commit, nothing rescored
+    code, out = run_job(score, argv, capsys)
+    assert code == 0 and "scored 0 documents" in out.out
+    assert DeltaTable.forPath(spark, output).history(1).first()["version"] == version
+
+    # new ids are scored once, old rows untouched, with one MERGE
+    write_docs(spark, SAMPLE_TEXTS, tmp_path / "docs")
+    code, out = run_job(score, argv, capsys)
+    assert code == 0 and "scored 4 documents" in out.out
+    table = spark.read.format("delta").load(output)
+    assert table.count() == len(SAMPLE_TEXTS) == table.select("id").distinct().count()
+    after = {r["id"]: r["scored_at"] for r in table.collect()}
+    assert all(after[i] == first[i] for i in first)
+    last = DeltaTable.forPath(spark, output).history(1).first()
+    assert last["version"] == version + 1 and last["operation"] == "MERGE"
+
+    # a run killed midway leaves either nothing or a partial table; rerun ends with each id once
+    spark.read.format("delta").load(output).where("id LIKE 'code%'").write.format("delta") \
+        .mode("overwrite").save(output)
+    assert run_job(score, argv)[0] == 0
+    table = spark.read.format("delta").load(output)
+    assert table.count() == len(SAMPLE_TEXTS) == table.select("id").distinct().count()
+
+
+def test_changed_scorer_rescores_in_place(spark, tmp_path, fixture_model, heads):
+    corpus = write_docs(spark, SAMPLE_TEXTS[:3], tmp_path / "docs")
+    output = str(tmp_path / "scored")
+    base = ["--input", corpus, "--output", output, "--model", fixture_model,
+            "--heads", write_heads(tmp_path / "heads.json", heads)]
+    assert run_job(score, base + ["--max-seq-len", MAX_SEQ_LEN])[0] == 0
+    assert run_job(score, base + ["--max-seq-len", MAX_SEQ_LEN * 2])[0] == 0
+    table = spark.read.format("delta").load(output)
+    assert table.count() == 3 and table.select("scorer").distinct().count() == 1
+    from spark_jobs.common import table_properties
+    props = table_properties(spark, output)
+    assert props["attention_influence.scorer"] == table.first()["scorer"]
+    assert f'"max_seq_len":{MAX_SEQ_LEN * 2}' in props["attention_influence.scorer_config"]
+
+
+def test_overwrite_mode_replaces_the_table(spark, tmp_path, fixture_model, heads):
+    output = str(tmp_path / "scored")
+    heads_file = write_heads(tmp_path / "heads.json", heads)
+    big = write_docs(spark, SAMPLE_TEXTS, tmp_path / "big")
+    small = write_docs(spark, SAMPLE_TEXTS[:2], tmp_path / "small")
+    common = ["--output", output, "--model", fixture_model, "--heads", heads_file, "--max-seq-len", MAX_SEQ_LEN]
+    assert run_job(score, ["--input", big] + common)[0] == 0
+    assert run_job(score, ["--input", small, "--mode", "overwrite"] + common)[0] == 0
+    ids = sorted(r["id"] for r in spark.read.format("delta").load(output).collect())
+    assert ids == sorted(d for d, _, _ in SAMPLE_TEXTS[:2])
+
+
+def test_catalog_tables_and_custom_columns(spark, tmp_path, fixture_model, heads):
+    spark.createDataFrame([(i, f"src{i % 2}", t) for i, (_, _, t) in enumerate(SAMPLE_TEXTS)],
+                          "doc_id BIGINT, source STRING, body STRING") \
+        .write.format("delta").mode("overwrite").saveAsTable("default.raw_docs")
+    code, _ = run_job(score, ["--input", "default.raw_docs", "--output", "default.raw_docs_scored",
+                              "--model", fixture_model, "--heads", write_heads(tmp_path / "heads.json", heads),
+                              "--id-col", "doc_id", "--text-col", "body", "--domain-col", "source",
+                              "--carry-cols", "doc_id,source", "--max-seq-len", MAX_SEQ_LEN])
+    assert code == 0
+    table = spark.table("default.raw_docs_scored")
+    assert table.columns[:2] == ["doc_id", "source"] and "body" not in table.columns
+    assert table.where("status = 'ok'").count() == len(SAMPLE_TEXTS)
+
+
+@pytest.mark.parametrize("problem", ["duplicate", "missing-column", "null-id"])
+def test_bad_input_is_refused_before_scoring(spark, tmp_path, fixture_model, heads, capsys, problem):
+    rows = {"duplicate": SAMPLE_TEXTS[:3] + [SAMPLE_TEXTS[0]], "missing-column": SAMPLE_TEXTS[:3],
+            "null-id": SAMPLE_TEXTS[:3] + [(None, "code", "x = 1")]}[problem]
+    corpus = write_docs(spark, rows, tmp_path / "docs")
+    output = tmp_path / "scored"
+    text_col = "body" if problem == "missing-column" else "text"
+    code, out = run_job(score, ["--input", corpus, "--output", output, "--model", fixture_model,
+                                "--heads", write_heads(tmp_path / "heads.json", heads), "--text-col", text_col],
+                        capsys)
+    assert code == 2
+    message = out.err.strip().splitlines()[-1]
+    assert message.startswith("error: ")
+    assert {"duplicate": "duplicate ids", "missing-column": "no column(s) body", "null-id": "null ids"}[problem] \
+        in message
+    assert not output.exists()
+
+
+def test_missing_input_table_is_one_line(spark, tmp_path, fixture_model, heads, capsys):
+    code, out = run_job(score, ["--input", tmp_path / "nowhere", "--output", tmp_path / "out",
+                                "--model", fixture_model, "--heads", write_heads(tmp_path / "h.json", heads)],
+                        capsys)
+    assert code == 2 and out.err.strip().splitlines()[-1].startswith("error: table not found")
