@@ -1,0 +1,92 @@
+"""The entry points as users call them: `python spark_jobs/<job>.py ...` (errors that stop before Spark starts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FIXTURE_MODEL, REPO
+from tests.helpers import write_heads
+
+JOBS = ["build_corpus", "detect_heads", "score", "select"]
+
+
+def run_cli(job, *args):
+    return subprocess.run([sys.executable, str(REPO / "spark_jobs" / f"{job}.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def one_line_error(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_help_lists_every_flag(job):
+    result = run_cli(job, "--help")
+    assert result.returncode == 0
+    assert "--config" in result.stdout
+    from importlib import import_module
+    for action in import_module(f"spark_jobs.{job}").build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in result.stdout
+
+
+def test_model_path_that_does_not_exist(tmp_path):
+    message = one_line_error(run_cli("detect_heads", "--model", tmp_path / "no-model", "--output", tmp_path / "o",
+                                     "--heads-out", tmp_path / "h.json"))
+    assert "does not exist" in message
+    message = one_line_error(run_cli("score", "--model", tmp_path / "no-model", "--input", tmp_path / "i",
+                                     "--output", tmp_path / "o", "--heads", write_heads(tmp_path / "h.json", [])))
+    assert "does not exist" in message
+
+
+def test_non_causal_model_is_named(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "bert")
+    message = one_line_error(run_cli("detect_heads", "--model", tmp_path / "bert", "--output", tmp_path / "o",
+                                     "--heads-out", tmp_path / "h.json"))
+    assert "'bert'" in message and "not a supported causal LM" in message
+
+
+def test_heads_out_of_range(tmp_path):
+    heads = write_heads(tmp_path / "h.json", [(999, 0)])
+    message = one_line_error(run_cli("score", "--model", FIXTURE_MODEL, "--heads", heads,
+                                     "--input", tmp_path / "i", "--output", tmp_path / "o"))
+    assert "out of range" in message
+
+
+def test_heads_file_missing_or_malformed(tmp_path):
+    message = one_line_error(run_cli("score", "--model", FIXTURE_MODEL, "--heads", tmp_path / "none.json",
+                                     "--input", tmp_path / "i", "--output", tmp_path / "o"))
+    assert "heads file not found" in message
+    (tmp_path / "bad.json").write_text("{not json")
+    message = one_line_error(run_cli("score", "--model", FIXTURE_MODEL, "--heads", tmp_path / "bad.json",
+                                     "--input", tmp_path / "i", "--output", tmp_path / "o"))
+    assert "not a heads JSON" in message
+
+
+@pytest.mark.parametrize("args", [["--dtype", "float64"], ["--top-fraction", "1.5"], ["--no-such-flag"]])
+def test_bad_flags(args):
+    job = "detect_heads" if "--top-fraction" in args else "score"
+    one_line_error(run_cli(job, *args))
+
+
+def test_config_file_overrides_defaults_and_flags_override_it(tmp_path):
+    from spark_jobs import select
+    from spark_jobs.common import JobError, parse_flags
+
+    config = tmp_path / "select.yaml"
+    config.write_text("fraction: 0.3\nmin_tokens: 10\n")
+    args = parse_flags("select", select.build_parser(), ["--config", str(config), "--fraction", "0.4"])
+    assert (args.fraction, args.min_tokens, args.by_domain) == (0.4, 10, True)
+    config.write_text("fractoin: 0.3\n")
+    with pytest.raises(JobError, match="fractoin"):
+        parse_flags("select", select.build_parser(), ["--config", str(config)])
