@@ -10,7 +10,7 @@ MODEL  := fixtures/tiny-llama
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install demo test bench fixture clean
+.PHONY: install demo test bench fixture package clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: install
 # Rebuild the committed fixture model (about 10 minutes on 2 cores; see fixtures/tiny-llama/RECIPE.md).
 fixture: install
 	$(PY) scripts/build_fixture_model.py --output $(MODEL) --seed 0
+
+# The job's Python code as one archive for spark-submit --py-files.
+package: install
+	mkdir -p dist
+	cd $(CURDIR) && $(PY) -c "import zipfile, pathlib; z = zipfile.ZipFile('dist/attention_influence_jobs.zip', 'w'); [z.write(p) for d in ('attention_influence', 'udfs', 'spark_jobs') for p in sorted(pathlib.Path(d).rglob('*')) if '__pycache__' not in p.parts]"
+	@echo "dist/attention_influence_jobs.zip"
 
 clean:
 	rm -rf $(OUT) bench-output spark-warehouse metastore_db derby.log

@@ -66,13 +66,29 @@ def load_config(name_or_path: str, revision: str | None = None, trust_remote_cod
     return config
 
 
+def default_attention(device: torch.device | str, dtype: str) -> str:
+    """Flash attention on a GPU in bf16/fp16 when the package is installed, else PyTorch SDPA."""
+    if torch.device(device).type == "cuda" and dtype != "float32":
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
 def load_model(name_or_path: str, dtype: str = "float32", device: torch.device | str = "cpu",
                attn_implementation: str | None = None, revision: str | None = None,
                trust_remote_code: bool = False):
-    """(model in eval mode on `device`, tokenizer). `dtype` must already be resolved."""
+    """(model in eval mode on `device`, tokenizer). `dtype` must already be resolved.
+
+    Scoring never needs attention weights, so the default is the fastest
+    implementation available; head detection asks for "eager".
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     load_config(name_or_path, revision, trust_remote_code)
+    attn_implementation = attn_implementation or default_attention(device, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

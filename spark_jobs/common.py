@@ -103,7 +103,9 @@ def get_spark(app_name: str):
     if active is not None:
         return active
     if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: its properties file rules
-        return SparkSession.builder.appName(app_name).getOrCreate()
+        spark = SparkSession.builder.appName(app_name).getOrCreate()
+        spark.sparkContext.setLogLevel(os.environ.get("ATTENTION_INFLUENCE_LOG_LEVEL", "WARN"))
+        return spark
 
     from delta import configure_spark_with_delta_pip
 

@@ -67,6 +67,12 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
     from attention_influence.losses import Scorer
 
     device = resolve_device(gpu)
+    if device.type == "cpu":  # tasks run side by side: one thread per task core, not all cores each
+        from pyspark import TaskContext
+        import torch
+
+        context = TaskContext.get()
+        torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
     key = (settings, str(device))
     if key not in _SCORERS:
         _SCORERS.clear()  # one model per worker: drop a previous one before loading
