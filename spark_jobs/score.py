@@ -51,10 +51,16 @@ def build_parser():
 
 
 def scorer_identity(args, heads, revision: str, dtype: str, max_seq_len: int) -> tuple[str, dict]:
-    """(fingerprint, readable form) of everything that changes a score."""
+    """(fingerprint, readable form) of everything that changes a score.
+
+    A local checkpoint is identified by its content digest (`revision`), not its
+    path, so `./model` and `/abs/model` do not force a rescore; a hub model by id
+    and commit.
+    """
     readable = {"model": args.model, "model_revision": revision, "heads": [list(h) for h in heads],
                 "max_seq_len": max_seq_len, "masking": MASKING, "dtype": dtype}
-    return "ai1-" + hashlib.sha256(dumps(readable).encode()).hexdigest()[:16], readable
+    identity = dict(readable, model=None if revision.startswith("local-") else args.model)
+    return "ai1-" + hashlib.sha256(dumps(identity).encode()).hexdigest()[:16], readable
 
 
 def check_input(df, args) -> list[str]:
