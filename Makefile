@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 OUT    := demo-output
 MODEL  := fixtures/tiny-llama
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
 # Spark's Python workers must use the project's interpreter (torch lives there).
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
@@ -23,10 +26,13 @@ install: $(STAMP)
 demo: install
 	$(PY) spark_jobs/build_corpus.py --output $(OUT)/corpus
 	$(PY) spark_jobs/detect_heads.py --model $(MODEL) --output $(OUT)/head_scores --heads-out $(OUT)/heads.json
-	$(PY) spark_jobs/score.py --input $(OUT)/corpus --output $(OUT)/scored --model $(MODEL) --heads $(OUT)/heads.json
+	$(PY) spark_jobs/score.py --input $(OUT)/corpus --output $(OUT)/scored --model $(MODEL) \
+	    --heads $(OUT)/heads.json | tee $(OUT)/score_summary.txt
 	$(PY) notebooks/04_analyse.py
 	$(PY) spark_jobs/select.py --input $(OUT)/scored --output $(OUT)/selected --fraction 0.2
-	@echo "tables: $(OUT)/corpus $(OUT)/head_scores $(OUT)/scored $(OUT)/selected"
+	@echo "== summary =="
+	@cat $(OUT)/score_summary.txt
+	@echo "tables: $(OUT)/corpus $(OUT)/head_scores $(OUT)/scored $(OUT)/selected (Delta)"
 	@echo "files:  $(OUT)/heads.json $(OUT)/heads.png $(OUT)/plots/"
 
 test: install

@@ -41,27 +41,38 @@ class FixtureRecipe:
     # model
     hidden_size: int = 128
     intermediate_size: int = 384
-    num_layers: int = 4
-    num_heads: int = 4
+    num_layers: int = 2
+    num_heads: int = 8
     max_position_embeddings: int = 1024
     rope_theta: float = 10000.0
     # data
     seq_len: int = 512
     text_docs: int = 4000  # corpus documents tokenized into the text stream
     mix_repeat: float = 0.4
-    mix_retrieval: float = 0.3  # the rest is text
-    repeat_min: int = 8
+    mix_retrieval: float = 0.5  # the rest is text
+    repeat_min: int = 6
     repeat_max: int = 120
-    # optimisation
-    steps: int = 1500
+    # phase 1 (copy warm-up): only repeated random segments, short rows, wide batches
+    copy_steps: int = 900
+    copy_seq_len: int = 128
+    copy_batch_size: int = 32
+    copy_repeat_max: int = 64
+    # optimisation (steps counts both phases)
+    steps: int = 2700
     batch_size: int = 8
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
     grad_clip: float = 1.0
     eval_every: int = 100
     threads: int = 2
+    # head dropout: while training, each head's output is zeroed with this probability, except the
+    # heads in `kept_heads` ("layer.head,..."), which are never dropped. The model learns to route
+    # copying through the heads it can rely on, so, as in real LMs, few heads carry retrieval and
+    # ablating any other single head costs little.
+    head_dropout: float = 0.5
+    kept_heads: str = "1.0"
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -120,14 +131,29 @@ class Batches:
         self.stream = stream
         self.max_pairs = 24
 
-    def _repeat_row(self) -> tuple[list[int], list[int]]:
-        n = self.r.seq_len
-        ids = [self.bos]
+    def _repeat_row(self, n: int | None = None, max_len: int | None = None) -> tuple[list[int], list[int]]:
+        """Random segments, each repeated until the next starts; loss only where copying can predict.
+
+        Segment lengths vary row to row, so "repeat what was k tokens back" for a
+        fixed k does not work: only content-based copying (induction) lowers the loss.
+        """
+        n = n or self.r.seq_len
+        max_len = max_len or self.r.repeat_max
+        ids, labels = [self.bos], [-100]
         while len(ids) < n:
-            seg = [self.rng.choice(self.ordinary) for _ in range(self.rng.randint(self.r.repeat_min, self.r.repeat_max))]
-            ids += seg + seg
-        ids = ids[:n]
-        return ids, list(ids)
+            seg = [self.rng.choice(self.ordinary) for _ in range(self.rng.randint(self.r.repeat_min, max_len))]
+            copies = self.rng.randint(2, 4)
+            ids += seg * copies
+            labels += [-100] * len(seg) + seg * (copies - 1)
+        return ids[:n], labels[:n]
+
+    def _copy_row(self) -> tuple[list[int], list[int]]:
+        """One random segment repeated to fill the row: the warm-up where induction heads form."""
+        n = self.r.copy_seq_len
+        seg = [self.rng.choice(self.ordinary) for _ in range(self.rng.randint(self.r.repeat_min, self.r.copy_repeat_max))]
+        ids = [self.bos] + (seg * (n // len(seg) + 1))[:n - 1]
+        labels = [-100] * (1 + len(seg)) + ids[1 + len(seg):]
+        return ids, labels
 
     def _retrieval_row(self) -> tuple[list[int], list[int]]:
         n = self.r.seq_len
@@ -153,9 +179,11 @@ class Batches:
         ids = [self.bos] + self.stream[start:start + n - 1]
         return ids, list(ids)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self, copy_phase: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         rows = []
-        for _ in range(self.r.batch_size):
+        if copy_phase:
+            rows = [self._copy_row() for _ in range(self.r.copy_batch_size)]
+        for _ in range(0 if copy_phase else self.r.batch_size):
             u = self.rng.random()
             if u < self.r.mix_repeat:
                 rows.append(self._repeat_row())
@@ -196,9 +224,12 @@ def second_copy_loss(model, ids: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- build
 
 def _lr_at(step: int, r: FixtureRecipe) -> float:
+    """Warmup, constant through the copy warm-up, then cosine decay."""
     if step < r.warmup_steps:
         return r.lr * (step + 1) / r.warmup_steps
-    t = (step - r.warmup_steps) / max(1, r.steps - r.warmup_steps)
+    if step < r.copy_steps:
+        return r.lr
+    t = (step - r.copy_steps) / max(1, r.steps - r.copy_steps)
     return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -223,9 +254,18 @@ def _recipe_markdown(recipe: FixtureRecipe, seed: int, n_params: int, seconds: f
         f"max positions {recipe.max_position_embeddings}, tied embeddings; {n_params:,} parameters.",
         f"- Data: rows of {recipe.seq_len} tokens (BOS first), per row drawn at random: "
         f"{recipe.mix_repeat:.0%} random-token segments ({recipe.repeat_min}-{recipe.repeat_max} tokens) each "
-        f"followed by an exact copy; {recipe.mix_retrieval:.0%} packed key/value retrieval prompts "
+        "repeated 2-4 times, loss only on the repeats; "
+        f"{recipe.mix_retrieval:.0%} packed key/value retrieval prompts "
         "(`attention_influence.retrieval.build_sample`, 3 shots); the rest windows of a token stream of "
-        f"{recipe.text_docs} corpus documents. Loss on every token (padding excluded).",
+        f"{recipe.text_docs} corpus documents (loss on every token).",
+        f"- Copy warm-up: the first {recipe.copy_steps} steps use only rows of {recipe.copy_seq_len} tokens made of "
+        f"one random segment ({recipe.repeat_min}-{recipe.copy_repeat_max} tokens, length varying by row) repeated "
+        f"to fill the row, batch {recipe.copy_batch_size}, loss on the repeats only. Varying the period rules out "
+        "copying by fixed offset, so induction heads form (tied embeddings make the copy map easy to learn).",
+        f"- Head dropout: while training, each head's output is zeroed with probability {recipe.head_dropout:g} "
+        f"per row, except head(s) {recipe.kept_heads} (layer.head), which are never dropped. Copying then "
+        "runs through the heads the model can rely on, so few heads carry retrieval (as in real LMs) and "
+        "ablating any other single head costs little.",
         f"- Optimisation: AdamW lr {recipe.lr:g} (warmup {recipe.warmup_steps}, cosine to "
         f"{recipe.min_lr_ratio:g}x), weight decay {recipe.weight_decay:g}, clip {recipe.grad_clip:g}, "
         f"batch {recipe.batch_size}, {recipe.steps} steps, seed {seed}, {recipe.threads} CPU threads, fp32.",
@@ -237,6 +277,29 @@ def _recipe_markdown(recipe: FixtureRecipe, seed: int, n_params: int, seconds: f
     lines += [f"- {k}: {v}" for k, v in checks.items()]
     lines += ["", "## Full recipe", "", "```"] + [f"{k} = {v!r}" for k, v in asdict(recipe).items()] + ["```", ""]
     return "\n".join(lines)
+
+
+def _add_head_dropout(model, recipe: FixtureRecipe, seed: int) -> list:
+    """Training-only pre-hooks on each o_proj that zero dropped heads' slices, per row."""
+    if recipe.head_dropout <= 0:
+        return []
+    kept = {tuple(int(x) for x in item.split(".")) for item in recipe.kept_heads.split(",") if item}
+    generator = torch.Generator().manual_seed(seed + 7)
+    head_dim = recipe.hidden_size // recipe.num_heads
+    handles = []
+    for layer_index, layer in enumerate(model.model.layers):
+        droppable = torch.tensor([(layer_index, h) not in kept for h in range(recipe.num_heads)])
+
+        def hook(module, args, droppable=droppable):
+            if not module.training:
+                return None
+            hidden = args[0]
+            rows = hidden.shape[0]
+            drop = (torch.rand(rows, recipe.num_heads, generator=generator) < recipe.head_dropout) & droppable
+            keep = (~drop).to(hidden.dtype).repeat_interleave(head_dim, dim=1).unsqueeze(1)
+            return (hidden * keep,)
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook))
+    return handles
 
 
 def build_fixture(output_dir: str | Path, seed: int = 0, log: Callable[[str], None] = print, **recipe_kwargs) -> dict:
@@ -284,15 +347,16 @@ def build_fixture(output_dir: str | Path, seed: int = 0, log: Callable[[str], No
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params:,} parameters")
 
+    dropout_handles = _add_head_dropout(model, recipe, seed)
     batches = Batches(tokenizer, recipe, seed, text_docs)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
     eval_ids = repeat_batch(tokenizer)
     running = None
     for step in range(recipe.steps):
-        ids, labels = batches.next()
+        ids, labels = batches.next(copy_phase=step < recipe.copy_steps)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, recipe)
         loss = model(input_ids=ids, labels=labels).loss
@@ -302,13 +366,16 @@ def build_fixture(output_dir: str | Path, seed: int = 0, log: Callable[[str], No
         opt.step()
         value = loss.item()
         running = value if running is None else 0.9 * running + 0.1 * value
-        if (step + 1) % recipe.eval_every == 0 or step == 0:
+        every = recipe.eval_every // 2 if step < recipe.copy_steps else recipe.eval_every
+        if (step + 1) % every == 0 or step == 0:
             model.eval()
             rep = second_copy_loss(model, eval_ids)
             model.train()
             log(f"step {step + 1:5d}  loss {running:.3f}  repeat-2nd-copy loss {rep:.3f}  "
                 f"lr {_lr_at(step, recipe):.2e}  {time.time() - started:.0f}s")
 
+    for handle in dropout_handles:
+        handle.remove()
     model.eval()
     seconds = time.time() - started
     checks = run_checks(model, tokenizer)

@@ -30,6 +30,13 @@ def resolve_device(gpu_address: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def pick_device(name: str | None = "auto") -> str:
+    """`auto`: the first GPU when there is one, else the CPU; anything else as given."""
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def resolve_dtype(dtype: str, device: torch.device | str) -> str:
     """`auto` means bfloat16 on a GPU that supports it, float32 elsewhere."""
     if dtype == "auto":

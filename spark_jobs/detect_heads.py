@@ -62,16 +62,14 @@ def plot_heatmap(scores, heads, path: Path, title: str) -> None:
 
 def main(argv=None):
     args = parse_flags("detect_heads", build_parser(), argv)
-    import torch
-
-    from attention_influence.loading import load_config, load_model, model_revision, resolve_dtype
+    from attention_influence.loading import load_config, load_model, model_revision, pick_device, resolve_dtype
     from attention_influence.retrieval import build_samples, heads_document, retrieval_scores, select_heads
 
     for flag in ("model", "output", "heads_out"):
         if not getattr(args, flag):
             raise JobError(f"--{flag.replace('_', '-')} is required")
     config = load_config(args.model, args.revision)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device in (None, "auto") else args.device
+    device = pick_device(args.device)
     model, tokenizer = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device,
                                   attn_implementation="eager", revision=args.revision)
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048

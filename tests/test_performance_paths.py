@@ -60,3 +60,25 @@ def test_gpu_float32_matches_cpu_and_bfloat16_is_close():
         assert g.loss_full == pytest.approx(c.loss_full, abs=1e-4)
         assert g.loss_masked == pytest.approx(c.loss_masked, abs=1e-4)
         assert b.loss_full == pytest.approx(c.loss_full, rel=2e-2)
+
+
+def test_a_document_that_breaks_the_model_fails_alone(monkeypatch):
+    from udfs.influence import ScoringSettings, score_frame
+    import pandas as pd
+
+    scorer = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=64)
+    real_run = Scorer._run
+
+    def run_failing_on_poison(self, windows, batch):
+        if any(len(windows[i]) == 1 + len("poison") for i in batch):
+            raise RuntimeError("device-side assert triggered")
+        return real_run(self, windows, batch)
+
+    monkeypatch.setattr(Scorer, "_run", run_failing_on_poison)
+    settings = ScoringSettings(model="unused", heads=tuple(HEADS), max_seq_len=64, dtype="float32",
+                               text_col="text", carry_cols=("id",))
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "text": ["fine text", "poison", "more fine text"]})
+    out = score_frame(scorer, frame, settings)
+    assert list(out["id"]) == ["a", "b", "c"]
+    assert list(out["status"]) == ["ok", "error", "ok"]
+    assert "device-side assert" in out["error"][1]

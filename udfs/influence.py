@@ -87,8 +87,17 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
 
 
 def score_frame(scorer, frame: pd.DataFrame, settings: ScoringSettings) -> pd.DataFrame:
-    """One Arrow batch: the carried columns plus the score columns, row for row."""
-    docs = scorer.score(frame[settings.text_col].tolist())
+    """One Arrow batch: the carried columns plus the score columns, row for row.
+
+    If the batch as a whole fails (anything but an out-of-memory the scorer
+    already retries), its documents are scored one by one, so one bad document
+    becomes one `error` row instead of a failed task.
+    """
+    texts = frame[settings.text_col].tolist()
+    try:
+        docs = scorer.score(texts)
+    except Exception:  # noqa: BLE001 - isolate the culprit below
+        docs = [_score_alone(scorer, text) for text in texts]
     out = frame[[c for c in frame.columns if c in settings.carry_cols]].copy()
     out["n_tokens"] = pd.array([d.n_tokens for d in docs], dtype="Int32")
     out["loss_full"] = pd.array([d.loss_full for d in docs], dtype="Float64")
@@ -100,6 +109,15 @@ def score_frame(scorer, frame: pd.DataFrame, settings: ScoringSettings) -> pd.Da
         out["token_loss_full"] = [d.token_loss_full for d in docs]
         out["token_loss_masked"] = [d.token_loss_masked for d in docs]
     return out
+
+
+def _score_alone(scorer, text):
+    from attention_influence.losses import STATUS_ERROR, DocScore
+
+    try:
+        return scorer.score([text])[0]
+    except Exception as exc:  # noqa: BLE001 - recorded in the row, the job goes on
+        return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
 
 
 def make_score_partition(settings: ScoringSettings):
