@@ -20,7 +20,7 @@ def test_detect_heads_writes_table_json_and_heatmap_and_its_heads_matter(spark, 
 
     heads_out = tmp_path / "heads.json"
     code, _ = run_job(detect_heads, ["--model", fixture_model, "--output", tmp_path / "head_scores",
-                                     "--heads-out", heads_out, "--samples", 12, "--context-tokens", 512])
+                                     "--heads-out", heads_out, "--samples", 32, "--context-tokens", 512])
     assert code == 0
     document = json.loads(heads_out.read_text())
     assert set(document) == {"model", "model_revision", "top_fraction", "heads", "scores"}
