@@ -109,6 +109,9 @@ def load_model(name_or_path: str, dtype: str = "float32", device: torch.device |
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(f"cannot load model '{name_or_path}': {reason}") from None
+    # Documents longer than the context are cut into windows by the scorer, not truncated by the
+    # tokenizer: silence its "sequence longer than model_max_length" warning.
+    tokenizer.model_max_length = int(1e30)
     return model.to(device).eval(), tokenizer
 
 
