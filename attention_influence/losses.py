@@ -250,7 +250,10 @@ class Scorer:
         """(full, masked) per-token losses on the CPU for each window, in input order."""
         lengths = [len(w) for w in windows]
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(windows)
-        pending = plan_batches(lengths, self.batch_tokens)
+        # The fused pass doubles the rows after the first masked layer: plan half as many tokens
+        # so its widest part holds `batch_tokens`, like each pass of the two-pass variant.
+        budget = self.batch_tokens // 2 if self.fused and self.heads else self.batch_tokens
+        pending = plan_batches(lengths, max(budget, self.max_seq_len))
         done = 0
         while pending:
             batch = pending.pop(0)

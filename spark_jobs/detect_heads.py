@@ -51,6 +51,8 @@ def plot_heatmap(scores, heads, path: Path, title: str) -> None:
     image = ax.imshow(scores, aspect="auto", cmap="viridis", origin="lower")
     for layer, head in heads:
         ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+    ax.set_xticks(range(0, n_heads, max(1, n_heads // 16)))
+    ax.set_yticks(range(0, n_layers, max(1, n_layers // 16)))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
