@@ -35,6 +35,7 @@ def parse_args():
     p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     p.add_argument("--skip-spark", action="store_true", help="only the in-process measurements")
+    p.add_argument("--task-cpus", type=int, default=os.cpu_count(), help="spark.task.cpus of the UDF run")
     return p.parse_args()
 
 
@@ -71,11 +72,20 @@ def spark_udf_run(args, model_path: Path, heads, texts, dtype: str) -> tuple[flo
     from spark_jobs.common import get_spark
     from udfs.influence import ScoringSettings, score_documents
 
+    from spark_jobs.common import LOCAL_PROFILE, read_properties
+
+    # As in conf/spark/gpu.conf, one task holds the executor's compute: here spark.task.cpus =
+    # all cores, so the UDF's torch gets the same threads as the plain loop.
+    props = dict(read_properties(LOCAL_PROFILE), **{"spark.task.cpus": str(args.task_cpus),
+                                                   "spark.ui.showConsoleProgress": "false"})
+    conf = Path(args.out) / "bench-spark.conf"
+    conf.write_text("".join(f"{k} {v}\n" for k, v in props.items()))
+    os.environ["ATTENTION_INFLUENCE_SPARK_CONF"] = str(conf)
     os.environ.setdefault("ATTENTION_INFLUENCE_LOG_LEVEL", "ERROR")
     spark = get_spark("attention-influence-bench")
     frame = spark.createDataFrame([(str(i), t) for i, t in enumerate(texts)], "id STRING, text STRING")
     # Several tasks per core keep both cores busy to the end (a worker keeps its model between tasks).
-    frame = frame.repartition(4 * spark.sparkContext.defaultParallelism).cache()
+    frame = frame.repartition(4 * spark.sparkContext.defaultParallelism).cache()  # tasks are cheap: the model stays
     frame.count()
     settings = ScoringSettings(model=str(model_path), heads=tuple(heads), max_seq_len=args.max_seq_len, dtype=dtype,
                                text_col="text", carry_cols=("id",), batch_tokens=args.batch_tokens)

@@ -18,35 +18,19 @@ from spark_jobs.common import REPO, get_spark, run
 class DemoPaths:
     out: Path
     model: str
-
-    @property
-    def corpus(self) -> str:
-        return str(self.out / "corpus")
-
-    @property
-    def head_scores(self) -> str:
-        return str(self.out / "head_scores")
-
-    @property
-    def scored(self) -> str:
-        return str(self.out / "scored")
-
-    @property
-    def selected(self) -> str:
-        return str(self.out / "selected")
-
-    @property
-    def heads_json(self) -> str:
-        return str(self.out / "heads.json")
-
-    @property
-    def plots(self) -> Path:
-        return self.out / "plots"
+    corpus: str
+    head_scores: str
+    scored: str
+    selected: str
+    heads_json: str
+    plots: Path
 
 
 def demo_paths() -> DemoPaths:
     out = Path(os.environ.get("ATTENTION_INFLUENCE_OUTPUT", REPO / "demo-output"))
-    return DemoPaths(out, os.environ.get("ATTENTION_INFLUENCE_MODEL", str(REPO / "fixtures" / "tiny-llama")))
+    tables = {name: str(out / name) for name in ("corpus", "head_scores", "scored", "selected")}
+    return DemoPaths(out=out, model=os.environ.get("ATTENTION_INFLUENCE_MODEL", str(REPO / "fixtures" / "tiny-llama")),
+                     heads_json=str(out / "heads.json"), plots=out / "plots", **tables)
 
 
 def session(existing=None):
