@@ -131,17 +131,16 @@ class Batches:
         self.stream = stream
         self.max_pairs = 24
 
-    def _repeat_row(self, n: int | None = None, max_len: int | None = None) -> tuple[list[int], list[int]]:
+    def _repeat_row(self) -> tuple[list[int], list[int]]:
         """Random segments, each repeated until the next starts; loss only where copying can predict.
 
         Segment lengths vary row to row, so "repeat what was k tokens back" for a
         fixed k does not work: only content-based copying (induction) lowers the loss.
         """
-        n = n or self.r.seq_len
-        max_len = max_len or self.r.repeat_max
+        n = self.r.seq_len
         ids, labels = [self.bos], [-100]
         while len(ids) < n:
-            seg = [self.rng.choice(self.ordinary) for _ in range(self.rng.randint(self.r.repeat_min, max_len))]
+            seg = [self.rng.choice(self.ordinary) for _ in range(self.rng.randint(self.r.repeat_min, self.r.repeat_max))]
             copies = self.rng.randint(2, 4)
             ids += seg * copies
             labels += [-100] * len(seg) + seg * (copies - 1)

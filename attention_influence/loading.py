@@ -53,6 +53,18 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def context_length(config, cap: int = 2048) -> int:
+    """The model's context in tokens (max_position_embeddings, or n_positions for GPT-2; 2048 if
+    the config says neither), capped at `cap`."""
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+    return min(int(context), cap)
+
+
 def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
@@ -61,8 +73,7 @@ def load_config(name_or_path: str, revision: str | None = None, trust_remote_cod
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelLoadError(f"cannot load model '{name_or_path}': {reason}") from None
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {_first_line(exc)}") from None
     model_type = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False) or model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
@@ -107,8 +118,7 @@ def load_model(name_or_path: str, dtype: str = "float32", device: torch.device |
             use_safetensors=None,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelLoadError(f"cannot load model '{name_or_path}': {reason}") from None
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {_first_line(exc)}") from None
     # Documents longer than the context are cut into windows by the scorer, not truncated by the
     # tokenizer: silence its "sequence longer than model_max_length" warning.
     tokenizer.model_max_length = int(1e30)

@@ -85,7 +85,7 @@ def spark_udf_run(args, model_path: Path, heads, texts, dtype: str) -> tuple[flo
     spark = get_spark("attention-influence-bench")
     frame = spark.createDataFrame([(str(i), t) for i, t in enumerate(texts)], "id STRING, text STRING")
     # Several tasks per core keep both cores busy to the end (a worker keeps its model between tasks).
-    frame = frame.repartition(4 * spark.sparkContext.defaultParallelism).cache()  # tasks are cheap: the model stays
+    frame = frame.repartition(4 * spark.sparkContext.defaultParallelism).cache()
     frame.count()
     settings = ScoringSettings(model=str(model_path), heads=tuple(heads), max_seq_len=args.max_seq_len, dtype=dtype,
                                text_col="text", carry_cols=("id",), batch_tokens=args.batch_tokens)

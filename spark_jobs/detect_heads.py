@@ -64,7 +64,8 @@ def plot_heatmap(scores, heads, path: Path, title: str) -> None:
 
 def main(argv=None):
     args = parse_flags("detect_heads", build_parser(), argv)
-    from attention_influence.loading import load_config, load_model, model_revision, pick_device, resolve_dtype
+    from attention_influence.loading import (context_length, load_config, load_model, model_revision, pick_device,
+                                             resolve_dtype)
     from attention_influence.retrieval import build_samples, heads_document, retrieval_scores, select_heads
 
     for flag in ("model", "output", "heads_out"):
@@ -74,8 +75,7 @@ def main(argv=None):
     device = pick_device(args.device)
     model, tokenizer = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device,
                                   attn_implementation="eager", revision=args.revision)
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-    context_tokens = min(args.context_tokens, int(context))
+    context_tokens = min(args.context_tokens, context_length(config, cap=1 << 30))
 
     started = time.time()
     samples = build_samples(tokenizer, args.samples, context_tokens, seed=args.seed)

@@ -96,7 +96,7 @@ def check_input(df, args) -> list[str]:
 
 def check_model_and_heads(args):
     """(heads, max_seq_len): model config and heads checked before Spark starts or a task runs."""
-    from attention_influence.loading import load_config
+    from attention_influence.loading import context_length, load_config
     from attention_influence.retrieval import load_heads
 
     heads = load_heads(args.heads)
@@ -105,8 +105,7 @@ def check_model_and_heads(args):
     bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
     if bad:
         raise JobError(f"heads out of range for {args.model} ({n_layers} layers x {n_heads} heads): {bad[:5]}")
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-    return heads, args.max_seq_len or min(int(context), 2048)
+    return heads, args.max_seq_len or context_length(config)
 
 
 def write_scores(spark, scored, args, output_exists: bool, properties: dict) -> None:
@@ -133,9 +132,8 @@ def main(argv=None):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from udfs.influence import ScoringSettings, score_documents
-
     from attention_influence.loading import model_revision, resolve_dtype
+    from udfs.influence import ScoringSettings, score_documents
 
     heads, max_seq_len = check_model_and_heads(args)
     spark = get_spark("attention-influence-score")

@@ -67,15 +67,15 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
     from attention_influence.losses import Scorer
 
     device = resolve_device(gpu)
-    if device.type == "cpu":  # tasks run side by side: one thread per task core, not all cores each
-        from pyspark import TaskContext
-        import torch
-
-        context = TaskContext.get()
-        torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
     key = (settings, str(device))
     if key not in _SCORERS:
         _SCORERS.clear()  # one model per worker: drop a previous one before loading
+        if device.type == "cpu":  # tasks run side by side: one thread per task core, not all cores each
+            import torch
+            from pyspark import TaskContext
+
+            context = TaskContext.get()
+            torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
         started = time.time()
         model, tokenizer = load_model(settings.model, dtype=settings.dtype, device=device, revision=settings.revision)
         _SCORERS[key] = Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
