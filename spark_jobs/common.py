@@ -34,7 +34,10 @@ def parse_flags(job: str, parser: argparse.ArgumentParser, argv: list[str] | Non
     """Flags over `--config FILE` over `conf/<job>.yaml`; unknown keys in a file are an error."""
     parser.add_argument("--config", help="YAML file of job settings (flag names with _), overriding conf/%s.yaml" % job)
     defaults = _read_yaml(CONF / f"{job}.yaml")
-    pre, _ = parser.parse_known_args(argv)
+    # Only --config is read first (no --help here), so --help shows the defaults the file gives.
+    config_only = argparse.ArgumentParser(add_help=False)
+    config_only.add_argument("--config")
+    pre, _ = config_only.parse_known_args(argv)
     if pre.config:
         defaults.update(_read_yaml(Path(pre.config)))
     known = {action.dest for action in parser._actions}
