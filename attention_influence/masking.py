@@ -36,6 +36,11 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
 
 Head = tuple[int, int]
 
+# How a selected head is masked (SPEC §3): "uniform" (the paper: equal attention weights over the
+# tokens the head can see) or "zero-output" (the head's output is zeroed before the output projection).
+MASKING_MODES = ("uniform", "zero-output")
+DEFAULT_MASKING = "uniform"
+
 
 class UnsupportedArchitectureError(ValueError):
     pass
@@ -88,12 +93,15 @@ def validate_heads(model: nn.Module, heads: Sequence[Head]) -> list[Head]:
 
 
 @contextmanager
-def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tensor | None = None) -> Iterator[None]:
+def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tensor | None = None,
+               mode: str = "zero-output") -> Iterator[None]:
     """Within the block, the chosen heads output zero.
 
     `masked_rows` (bool, one per batch row) limits masking to those rows, so a
     batch can hold full and masked copies of the same windows (the fused pass).
     """
+    if mode != "zero-output":  # TEMPORARY: uniform masking lands with the masking work (issue 7)
+        raise NotImplementedError(f"masking mode {mode!r} is not implemented yet")
     heads = validate_heads(model, heads)
     _, n_heads, head_dim = head_layout(model)
     projections = output_projections(model)

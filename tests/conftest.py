@@ -41,3 +41,14 @@ def spark(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fixture_model() -> str:
     return FIXTURE_MODEL
+
+
+REAL_MODEL = os.environ.get("ATTENTION_INFLUENCE_REAL_MODEL", str(REPO / "models" / "smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def real_model() -> str:
+    """SmolLM2-135M-Instruct converted by `make model` (make test runs it first)."""
+    if not (Path(REAL_MODEL) / "config.json").exists():
+        pytest.skip(f"real model not found at {REAL_MODEL}: run `make model`")
+    return REAL_MODEL
