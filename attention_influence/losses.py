@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from attention_influence.masking import Head, decoder_layers, mask_heads, validate_heads
+from attention_influence.masking import (DEFAULT_MASKING, Head, check_masking, check_masking_supported, decoder_layers,
+                                         mask_heads, validate_heads)
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 
@@ -140,8 +141,12 @@ def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits
     return torch.cat(losses)
 
 
-def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: bool = True):
-    """Per-token losses (rows, length-1) of the full and the masked model for a right-padded batch."""
+def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: bool = True,
+                 masking: str = DEFAULT_MASKING):
+    """Per-token losses (rows, length-1) of the full and the masked model for a right-padded batch.
+
+    Either masking mode touches only the masked layers, so the fused pass shares the layers below the
+    first of them."""
     targets = input_ids[:, 1:]
     base = model.base_model
     if not heads:
@@ -151,12 +156,12 @@ def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: b
     if not fused:
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         full = _token_losses(model, hidden, targets)
-        with mask_heads(model, heads):
+        with mask_heads(model, heads, mode=masking):
             hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         return full, _token_losses(model, hidden, targets)
     rows = input_ids.shape[0]
     masked_rows = torch.arange(2 * rows, device=input_ids.device) >= rows
-    with _FanOut(model, min(layer for layer, _ in heads)), mask_heads(model, heads, masked_rows):
+    with _FanOut(model, min(layer for layer, _ in heads)), mask_heads(model, heads, masked_rows, mode=masking):
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
     both = _token_losses(model, hidden, torch.cat([targets, targets]))
     return both[:rows], both[rows:]
@@ -180,12 +185,15 @@ class Scorer:
     max_seq_len: int
     batch_tokens: int = 16384
     fused: bool = True
+    masking: str = DEFAULT_MASKING  # "uniform" (the paper) or "zero-output"; see attention_influence.masking
     token_losses: bool = False
     max_chars: int = 1_000_000
     on_batch: Callable[[int, int], None] | None = None  # (windows done, windows total)
     stats: dict = field(default_factory=lambda: {"real_tokens": 0, "padded_tokens": 0, "oom_splits": 0})
 
     def __post_init__(self):
+        check_masking(self.masking, "masking")
+        check_masking_supported(self.model, self.masking)
         self.heads = validate_heads(self.model, self.heads)
         if self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be at least 2, got {self.max_seq_len}")
@@ -286,5 +294,5 @@ class Scorer:
             ids[row, :len(windows[index])] = torch.tensor(windows[index])
         if device.type == "cuda":
             ids = ids.pin_memory().to(device, non_blocking=True)
-        full, masked = batch_losses(self.model, ids, self.heads, fused=self.fused)
+        full, masked = batch_losses(self.model, ids, self.heads, fused=self.fused, masking=self.masking)
         return full.cpu(), masked.cpu()
