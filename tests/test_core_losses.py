@@ -1,4 +1,5 @@
-"""Core scorer against an independent reference: a plain transformers forward with a test-owned pre-hook."""
+"""Core scorer against independent references: a plain transformers forward with a test-owned pre-hook
+(zero-output masking) or with the test-owned uniform attention of tests/masking_reference.py."""
 
 import math
 import random
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 
 from attention_influence.losses import Scorer, batch_losses, padding_waste, plan_batches, split_windows
 from attention_influence.masking import UnsupportedArchitectureError, mask_heads, validate_heads
-from tests.tiny_models import CONFIGS, VOCAB, CharTokenizer, tiny_model
+from tests.masking_reference import reference_uniform_losses
+from tests.tiny_models import CONFIGS, VOCAB, CharTokenizer, attention_implementations, tiny_model
 
 HEADS = [(0, 1), (1, 3), (2, 0)]
 PROJECTION = {"gpt2": lambda layer: layer.attn.c_proj, "gpt_neox": lambda layer: layer.attention.dense}
@@ -45,9 +47,15 @@ def random_docs(n: int, seed: int = 0, max_len: int = 90) -> list[list[int]]:
     return [[rng.randrange(2, VOCAB) for _ in range(rng.randint(2, max_len))] for _ in range(n)]
 
 
-@pytest.mark.parametrize("family", sorted(CONFIGS))
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_masked_and_full_losses_match_reference(family, attn):
+def reference(model, ids: list[int], heads, masking: str) -> torch.Tensor:
+    """The test-owned reference of either masking mode (uniform needs an eager model)."""
+    if masking == "uniform":
+        return reference_uniform_losses(model, ids, heads)
+    return reference_losses(model, ids, heads)
+
+
+@pytest.mark.parametrize("family,attn", [(f, a) for f in sorted(CONFIGS) for a in attention_implementations(f)])
+def test_zero_output_masked_and_full_losses_match_reference(family, attn):
     model = tiny_model(family, attn)
     docs = random_docs(5, seed=1)
     length = max(len(d) for d in docs)
@@ -56,7 +64,7 @@ def test_masked_and_full_losses_match_reference(family, attn):
         batch[row, :len(doc)] = torch.tensor(doc)
     for fused in (False, True):
         with torch.no_grad():
-            full, masked = batch_losses(model, batch, HEADS, fused=fused)
+            full, masked = batch_losses(model, batch, HEADS, fused=fused, masking="zero-output")
         for row, doc in enumerate(docs):
             n = len(doc) - 1
             torch.testing.assert_close(full[row, :n], reference_losses(model, doc, []), atol=1e-5, rtol=0)
@@ -65,10 +73,11 @@ def test_masked_and_full_losses_match_reference(family, attn):
     assert not torch.allclose(full, masked)
 
 
-def test_masking_only_some_rows_leaves_the_others_untouched():
+@pytest.mark.parametrize("masking", ["uniform", "zero-output"])
+def test_masking_only_some_rows_leaves_the_others_untouched(masking):
     model = tiny_model("llama")
     ids = torch.tensor(random_docs(1, seed=2, max_len=40)[0][:40]).unsqueeze(0).repeat(2, 1)
-    with torch.no_grad(), mask_heads(model, HEADS, masked_rows=torch.tensor([False, True])):
+    with torch.no_grad(), mask_heads(model, HEADS, masked_rows=torch.tensor([False, True]), mode=masking):
         logits = model(input_ids=ids).logits
     with torch.no_grad():
         plain = model(input_ids=ids[:1]).logits
@@ -83,15 +92,16 @@ def test_split_windows_by_hand():
         split_windows([1, 2], 1)
 
 
-def test_windowing_matches_hand_computed_mean():
+@pytest.mark.parametrize("masking", ["uniform", "zero-output"])
+def test_windowing_matches_hand_computed_mean(masking):
     """7 tokens, windows of 3: [t0 t1 t2] [t3 t4 t5] [t6] -> predicted t1,t2,t4,t5 (t6 starts a window)."""
-    model = tiny_model("llama")
+    model = tiny_model("llama", "eager")
     tokenizer = CharTokenizer()
     text = "abcdef"  # BOS + 6 chars = 7 tokens
     ids = tokenizer(text)["input_ids"]
-    expected = torch.cat([reference_losses(model, ids[0:3], HEADS), reference_losses(model, ids[3:6], HEADS)])
+    expected = torch.cat([reference(model, ids[0:3], HEADS, masking), reference(model, ids[3:6], HEADS, masking)])
     expected_full = torch.cat([reference_losses(model, ids[0:3], []), reference_losses(model, ids[3:6], [])])
-    [doc] = Scorer(model, tokenizer, HEADS, max_seq_len=3, token_losses=True).score([text])
+    [doc] = Scorer(model, tokenizer, HEADS, max_seq_len=3, token_losses=True, masking=masking).score([text])
     assert doc.n_tokens == 7
     assert len(doc.token_loss_masked) == 4
     assert doc.loss_masked == pytest.approx(float(expected.double().mean()), abs=1e-6)
@@ -99,18 +109,20 @@ def test_windowing_matches_hand_computed_mean():
     assert doc.attention_influence == pytest.approx((doc.loss_masked - doc.loss_full) / doc.loss_full)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_scores_do_not_depend_on_batching_order_or_fusion(family):
+@pytest.mark.parametrize("family,masking", [("llama", "uniform"), ("gpt2", "uniform"), ("gpt_neox", "uniform"),
+                                            ("llama", "zero-output"), ("gpt2", "zero-output")])
+def test_scores_do_not_depend_on_batching_order_or_fusion(family, masking):
     model = tiny_model(family)
     tokenizer = CharTokenizer()
     rng = random.Random(3)
     texts = ["".join(rng.choice("abcdefghij klmnop") for _ in range(rng.randint(1, 150))) for _ in range(12)]
-    baseline = Scorer(model, tokenizer, HEADS, max_seq_len=32, batch_tokens=32, fused=False).score(texts)
+    baseline = Scorer(model, tokenizer, HEADS, max_seq_len=32, batch_tokens=32, fused=False,
+                      masking=masking).score(texts)
     for batch_tokens, fused in [(64, True), (500, True), (10_000, False), (10_000, True)]:
         order = list(range(len(texts)))
         rng.shuffle(order)
         shuffled = Scorer(model, tokenizer, HEADS, max_seq_len=32, batch_tokens=batch_tokens,
-                          fused=fused).score([texts[i] for i in order])
+                          fused=fused, masking=masking).score([texts[i] for i in order])
         for position, i in enumerate(order):
             assert shuffled[position].n_tokens == baseline[i].n_tokens
             assert shuffled[position].loss_full == pytest.approx(baseline[i].loss_full, abs=1e-5)
