@@ -58,11 +58,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else exc.__class__.__name__
 
 
-def context_length(config, cap: int = 2048) -> int:
+def context_length(config, cap: int | None = None) -> int:
     """The model's context in tokens (max_position_embeddings, or n_positions for GPT-2; 2048 if
-    the config says neither), capped at `cap`."""
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-    return min(int(context), cap)
+    the config says neither), capped at `cap` when given."""
+    context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
+    return min(context, cap) if cap else context
 
 
 def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):

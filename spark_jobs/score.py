@@ -22,7 +22,6 @@ from spark_jobs.common import (JobError, delta_table, dumps, get_spark, new_pars
                                quote_identifier, read_table, replace_table, run, set_table_properties, table_exists,
                                table_properties)
 
-MASKING = "zero-head-output-before-attention-output-projection"
 PROPERTY_PREFIX = "attention_influence."
 
 
@@ -37,7 +36,10 @@ def build_parser():
     p.add_argument("--text-col", help="document text column")
     p.add_argument("--domain-col", help="domain column (optional in the input)")
     p.add_argument("--carry-cols", help="comma-separated input columns copied to the output, '*' for all")
-    p.add_argument("--max-seq-len", type=positive_int, help="window length; default the model's, capped at 2048")
+    p.add_argument("--max-seq-len", type=positive_int, help="window length; default the model's context length")
+    p.add_argument("--masking", choices=["uniform", "zero-output"],
+                   help="uniform: masked heads attend equally to the tokens they see (the paper); "
+                        "zero-output: their output is zeroed")
     p.add_argument("--batch-tokens", type=positive_int, help="padded tokens per forward pass")
     p.add_argument("--arrow-batch-size", type=positive_int, help="documents per Arrow batch")
     p.add_argument("--partitions", type=positive_int, help="repartition the documents to this many tasks")
@@ -58,7 +60,7 @@ def scorer_identity(args, heads, revision: str, dtype: str, max_seq_len: int) ->
     and commit.
     """
     readable = {"model": args.model, "model_revision": revision, "heads": [list(h) for h in heads],
-                "max_seq_len": max_seq_len, "masking": MASKING, "dtype": dtype}
+                "max_seq_len": max_seq_len, "masking": args.masking, "dtype": dtype}
     identity = dict(readable, model=None if revision.startswith("local-") else args.model)
     return "ai1-" + hashlib.sha256(dumps(identity).encode()).hexdigest()[:16], readable
 
@@ -133,8 +135,11 @@ def main(argv=None):
     from pyspark.sql import functions as F
 
     from attention_influence.loading import model_revision, resolve_dtype
+    from attention_influence.masking import MASKING_MODES
     from udfs.influence import ScoringSettings, score_documents
 
+    if args.masking not in MASKING_MODES:  # a config file's value; the flag itself has choices
+        raise JobError(f"masking must be one of {', '.join(MASKING_MODES)}, got {args.masking!r}")
     heads, max_seq_len = check_model_and_heads(args)
     spark = get_spark("attention-influence-score")
     gpu_cluster = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
@@ -155,12 +160,12 @@ def main(argv=None):
     settings = ScoringSettings(model=args.model, heads=tuple(heads), max_seq_len=max_seq_len, dtype=dtype,
                                text_col=args.text_col, carry_cols=tuple(carry), batch_tokens=args.batch_tokens,
                                token_losses=bool(args.token_losses), fused=bool(args.fused),
-                               max_chars=args.max_chars, revision=args.revision)
+                               max_chars=args.max_chars, revision=args.revision, masking=args.masking)
     scored = (score_documents(todo, settings)
               .withColumn("scorer", F.lit(fingerprint))
               .withColumn("scored_at", F.current_timestamp()))
-    print(f"scoring {args.input} with {args.model} ({len(heads)} masked heads, max_seq_len {max_seq_len}, "
-          f"{dtype}) -> {args.output} [{args.mode}]", file=sys.stderr, flush=True)
+    print(f"scoring {args.input} with {args.model} ({len(heads)} heads masked {args.masking}, "
+          f"max_seq_len {max_seq_len}, {dtype}) -> {args.output} [{args.mode}]", file=sys.stderr, flush=True)
 
     started = time.time()
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # score once; the write reads the cached rows

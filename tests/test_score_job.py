@@ -48,13 +48,13 @@ def scored_once(spark, corpus, fixture_model, heads, tmp_path_factory):
     return output, heads_file
 
 
-def reference_scores(fixture_model, heads, texts):
+def reference_scores(fixture_model, heads, texts, masking="uniform"):
     """The core scorer in this process, float32 (itself tested against a plain transformers forward)."""
     from attention_influence.loading import load_model
     from attention_influence.losses import Scorer
 
     model, tokenizer = load_model(fixture_model)
-    return Scorer(model, tokenizer, heads, MAX_SEQ_LEN, fused=False).score(texts)
+    return Scorer(model, tokenizer, heads, MAX_SEQ_LEN, fused=False, masking=masking).score(texts)
 
 
 def test_output_schema(spark, scored_once):
@@ -160,6 +160,34 @@ def test_changed_scorer_rescores_in_place(spark, tmp_path, fixture_model, heads)
     props = table_properties(spark, output)
     assert props["attention_influence.scorer"] == table.first()["scorer"]
     assert f'"max_seq_len":{MAX_SEQ_LEN * 2}' in props["attention_influence.scorer_config"]
+
+
+def test_masking_mode_is_part_of_the_scorer(spark, tmp_path, fixture_model, heads):
+    """zero-output, then the default (uniform) into the same table: rescored in place, both recorded."""
+    from spark_jobs.common import table_properties
+
+    docs = SAMPLE_TEXTS[:3]
+    corpus = write_docs(spark, docs, tmp_path / "docs")
+    output = str(tmp_path / "scored")
+    base = ["--input", corpus, "--output", output, "--model", fixture_model,
+            "--heads", write_heads(tmp_path / "heads.json", heads), "--max-seq-len", MAX_SEQ_LEN]
+    runs = {}
+    for masking, flags in [("zero-output", ["--masking", "zero-output"]), ("uniform", [])]:
+        assert run_job(score, base + flags)[0] == 0
+        table = spark.read.format("delta").load(output)
+        assert table.count() == len(docs) and table.select("scorer").distinct().count() == 1
+        props = table_properties(spark, output)
+        assert f'"masking":"{masking}"' in props["attention_influence.scorer_config"]
+        assert props["attention_influence.scorer"] == table.first()["scorer"]
+        runs[masking] = {r["id"]: r for r in table.collect()}
+        expected = reference_scores(fixture_model, heads, [t for _, _, t in docs], masking=masking)
+        for (doc_id, _, _), reference in zip(docs, expected):
+            assert runs[masking][doc_id]["loss_masked"] == pytest.approx(reference.loss_masked, abs=1e-5)
+    uniform, zero_output = runs["uniform"], runs["zero-output"]
+    assert {r["scorer"] for r in uniform.values()}.isdisjoint(r["scorer"] for r in zero_output.values())
+    for doc_id, _, _ in docs:
+        assert uniform[doc_id]["loss_full"] == pytest.approx(zero_output[doc_id]["loss_full"], abs=1e-6)
+    assert any(abs(uniform[d]["loss_masked"] - zero_output[d]["loss_masked"]) > 1e-4 for d, _, _ in docs)
 
 
 def test_overwrite_mode_replaces_the_table(spark, tmp_path, fixture_model, heads):

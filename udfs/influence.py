@@ -41,6 +41,7 @@ class ScoringSettings:
     fused: bool = True
     max_chars: int = 1_000_000
     revision: str | None = None
+    masking: str = "uniform"  # attention_influence.masking.MASKING_MODES; the core validates it
 
     def output_ddl(self, input_schema) -> str:
         """DDL of the function's output: the carried input columns, then the score columns."""
@@ -80,7 +81,8 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
         model, tokenizer = load_model(settings.model, dtype=settings.dtype, device=device, revision=settings.revision)
         _SCORERS[key] = Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
                                batch_tokens=settings.batch_tokens, fused=settings.fused,
-                               token_losses=settings.token_losses, max_chars=settings.max_chars)
+                               token_losses=settings.token_losses, max_chars=settings.max_chars,
+                               masking=settings.masking)
         print(f"[attention-influence] loaded {settings.model} on {device} ({settings.dtype}) "
               f"in {time.time() - started:.1f}s", file=sys.stderr, flush=True)
     return _SCORERS[key]
