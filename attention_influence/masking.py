@@ -92,7 +92,8 @@ def check_masking_supported(model: nn.Module, mode: str) -> None:
     """Refuse, with a one-line reason, a model that cannot be masked in `mode`."""
     model_type = getattr(model.config, "model_type", None)
     if mode == "uniform" and (model_type in ALIBI_FAMILIES or getattr(model.config, "alibi", False)):
-        raise UnsupportedArchitectureError(f"uniform masking does not support architecture '{model_type}': {ALIBI_REASON}")
+        raise UnsupportedArchitectureError(
+            f"uniform masking does not support architecture '{model_type}': {ALIBI_REASON}")
     _family(model)
     if mode == "uniform" and model_type not in QUERY_SOURCES:
         raise UnsupportedArchitectureError(f"uniform masking does not know where '{model_type}' computes its queries")
