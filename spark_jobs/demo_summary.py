@@ -64,7 +64,7 @@ def _accuracies(document: dict) -> list[tuple[str, object]]:
         elif isinstance(value, (int, float)):
             found.append((key, value))
     order = {"full": 0, "masked": 1, "random": 2}
-    return sorted(found, key=lambda kv: min((o for word, o in order.items() if word in kv[0]), default=3))
+    return sorted(found, key=lambda kv: max((o for word, o in order.items() if word in kv[0]), default=3))
 
 
 def throughput(score_log: Path) -> str | None:

@@ -25,8 +25,8 @@ def test_summary_shows_heads_accuracies_throughput_and_extremes(spark, tmp_path,
     spark.createDataFrame(rows, SCORED_DDL).write.format("delta").save(str(tmp_path / "scored"))
     (tmp_path / "heads.json").write_text(json.dumps({
         "model": "m", "model_revision": "local-x", "top_fraction": 0.05, "heads": [[3, 1], [4, 0]],
-        "scores": {"3.1": 0.61, "4.0": 0.42, "0.0": 0.0}, "accuracy_full": 0.75, "accuracy_masked": 0.125,
-        "accuracy_random_masked": 0.7}))
+        "scores": {"3.1": 0.61, "4.0": 0.42, "0.0": 0.0}, "accuracy_random_masked": 0.7,
+        "accuracy_masked": 0.125, "accuracy_full": 0.75}))
     (tmp_path / "score_summary.txt").write_text("scored 19 documents (1845 tokens) in 12.0s: 154 tokens/s; ok\n")
 
     code, captured = run_job(demo_summary, ["--out", tmp_path, "--per-side", 1], capsys)
