@@ -158,3 +158,16 @@ def test_make_model_does_nothing_when_current(tmp_path, capsys):
     assert make_model.main(["--output", str(output), "--cache-dir", str(cache), "--python", "/nonexistent"]) == 2
     assert "cannot download" in capsys.readouterr().err
     assert {p.name for p in output.iterdir()} == set(before)  # the old conversion is left as it was
+
+
+def test_a_gguf_that_is_missing_or_not_gguf_is_a_one_line_error(tmp_path):
+    from attention_influence.loading import ModelLoadError, load_config, model_revision
+
+    with pytest.raises(ModelLoadError, match="GGUF file does not exist"):
+        load_config(str(tmp_path / "missing.gguf"))
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(ModelLoadError, match="cannot load model") as error:
+        load_config(str(junk))
+    assert "\n" not in str(error.value)
+    assert model_revision(str(junk)) == "local-gguf-" + _sha256(junk)[:16]
