@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import os
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -95,12 +96,15 @@ def _licence_files() -> list[Path]:
     roots = {_stdlib_dir(), Path(sysconfig.get_paths()["purelib"]), Path(sys.prefix), Path(sys.base_prefix)}
     names = ("LICENSE", "LICENCE", "COPYING", "NOTICE")
     found: set[Path] = set()
-    for root in roots:
-        if not root.is_dir():
+    roots = {r.resolve() for r in roots if r.is_dir()}
+    for root in sorted(roots):
+        if any(other in root.parents for other in roots):  # walked with the folder that holds it
             continue
-        for path in root.rglob("*"):
-            if path.is_file() and path.name.upper().startswith(names) and path.stat().st_size < 200_000:
-                found.add(path.resolve())
+        for folder, _, files in os.walk(root):  # names first: a stat per file of a large venv is slow
+            for name in files:
+                path = Path(folder) / name
+                if name.upper().startswith(names) and path.is_file() and path.stat().st_size < 200_000:
+                    found.add(path.resolve())
     return sorted(found)
 
 
