@@ -1,16 +1,18 @@
 """Sample corpus built from text that exists on every machine with Python.
 
 Three domains, all real text: standard-library source files (`code`), their
-docstrings (`prose`) and the licence texts shipped with Python and its
-packages (`legal`). Documents are split into chunks so that a domain holds
-many documents of realistic length. Deterministic: the same Python install
-gives the same corpus.
+docstrings (`prose`, a module's docstrings together) and the licence texts
+shipped with Python and its packages (`legal`). Texts are cut into chunks of at
+most `max_chars` characters (at blank lines, else at line ends) so that a domain
+holds many documents of a chosen length; `min_chars` drops the short ends.
+Deterministic: the same Python install gives the same corpus.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import os
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -36,11 +38,36 @@ def _python_files(root: Path) -> list[Path]:
     return sorted(files)
 
 
+def _cut_lines(block: str, max_chars: int) -> Iterator[str]:
+    """A block of at most `max_chars` characters, or pieces of it cut at line ends (a longer line
+    at `max_chars`)."""
+    if len(block) <= max_chars:
+        yield block
+        return
+    lines: list[str] = []
+    size = 0
+    for line in block.split("\n"):
+        while len(line) > max_chars:
+            if lines:
+                yield "\n".join(lines)
+                lines, size = [], 0
+            yield line[:max_chars]
+            line = line[max_chars:]
+        if size and size + len(line) > max_chars:
+            yield "\n".join(lines)
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line) + 1
+    if lines:
+        yield "\n".join(lines)
+
+
 def _chunks(text: str, max_chars: int) -> Iterator[str]:
-    """Split on blank lines into pieces of at most about `max_chars` characters."""
+    """Split on blank lines into pieces of at most `max_chars` characters."""
     piece: list[str] = []
     size = 0
-    for block in text.split("\n\n"):
+    blocks = (cut for block in text.split("\n\n") for cut in _cut_lines(block, max_chars))
+    for block in blocks:
         if size and size + len(block) > max_chars:
             yield "\n\n".join(piece)
             piece, size = [], 0
@@ -69,17 +96,20 @@ def _licence_files() -> list[Path]:
     roots = {_stdlib_dir(), Path(sysconfig.get_paths()["purelib"]), Path(sys.prefix), Path(sys.base_prefix)}
     names = ("LICENSE", "LICENCE", "COPYING", "NOTICE")
     found: set[Path] = set()
-    for root in roots:
-        if not root.is_dir():
+    roots = {r.resolve() for r in roots if r.is_dir()}
+    for root in sorted(roots):
+        if any(other in root.parents for other in roots):  # walked with the folder that holds it
             continue
-        for path in root.rglob("*"):
-            if path.is_file() and path.name.upper().startswith(names) and path.stat().st_size < 200_000:
-                found.add(path.resolve())
+        for folder, _, files in os.walk(root):  # names first: a stat per file of a large venv is slow
+            for name in files:
+                path = Path(folder) / name
+                if name.upper().startswith(names) and path.is_file() and path.stat().st_size < 200_000:
+                    found.add(path.resolve())
     return sorted(found)
 
 
-def iter_documents(max_chars: int = 2000) -> Iterator[Document]:
-    """Yield documents of all three domains, in a fixed order."""
+def iter_documents(max_chars: int = 2000, min_chars: int = 1) -> Iterator[Document]:
+    """Yield documents of all three domains (each of `min_chars` to `max_chars` characters), in a fixed order."""
     stdlib = _stdlib_dir()
     for path in _python_files(stdlib):
         try:
@@ -88,10 +118,11 @@ def iter_documents(max_chars: int = 2000) -> Iterator[Document]:
             continue
         rel = str(path.relative_to(stdlib))
         for i, chunk in enumerate(_chunks(source, max_chars)):
-            if chunk.strip():
+            if chunk.strip() and len(chunk) >= min_chars:
                 yield Document(_doc_id("code", rel, i), "code", chunk, rel)
-        for i, doc in enumerate(_docstrings(source)):
-            yield Document(_doc_id("prose", rel, i), "prose", doc[:max_chars], rel)
+        for i, chunk in enumerate(_chunks("\n\n".join(_docstrings(source)), max_chars)):
+            if chunk.strip() and len(chunk) >= min_chars:
+                yield Document(_doc_id("prose", rel, i), "prose", chunk, rel)
     seen_texts: set[str] = set()
     for path in _licence_files():
         try:
@@ -100,16 +131,16 @@ def iter_documents(max_chars: int = 2000) -> Iterator[Document]:
             continue
         for i, chunk in enumerate(_chunks(text, max_chars)):
             key = chunk.strip()
-            if len(key) < 80 or key in seen_texts:
+            if len(key) < max(80, min_chars) or key in seen_texts:
                 continue
             seen_texts.add(key)
             yield Document(_doc_id("legal", str(path), i), "legal", chunk, str(path))
 
 
-def sample_corpus(per_domain: int = 1000, max_chars: int = 2000) -> list[Document]:
+def sample_corpus(per_domain: int = 1000, max_chars: int = 2000, min_chars: int = 1) -> list[Document]:
     """At most `per_domain` documents of each domain, spread evenly over the sources."""
     by_domain: dict[str, list[Document]] = {}
-    for doc in iter_documents(max_chars):
+    for doc in iter_documents(max_chars, min_chars):
         by_domain.setdefault(doc.domain, []).append(doc)
     picked: list[Document] = []
     for domain in sorted(by_domain):

@@ -12,7 +12,7 @@ sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath
 
 from collections import Counter
 
-from spark_jobs.common import get_spark, new_parser, parse_flags, positive_int, replace_table, run
+from spark_jobs.common import JobError, get_spark, new_parser, parse_flags, positive_int, replace_table, run
 
 
 def build_parser():
@@ -20,6 +20,7 @@ def build_parser():
     p.add_argument("--output", help="Delta path or catalog table to write")
     p.add_argument("--per-domain", type=positive_int, help="documents per domain at most")
     p.add_argument("--max-chars", type=positive_int, help="characters per document at most")
+    p.add_argument("--min-chars", type=positive_int, help="characters per document at least (drops short pieces)")
     return p
 
 
@@ -27,7 +28,9 @@ def main(argv=None):
     args = parse_flags("build_corpus", build_parser(), argv)
     from attention_influence.corpus import sample_corpus
 
-    docs = sample_corpus(per_domain=args.per_domain, max_chars=args.max_chars)
+    if args.min_chars > args.max_chars:
+        raise JobError(f"--min-chars ({args.min_chars}) is above --max-chars ({args.max_chars})")
+    docs = sample_corpus(per_domain=args.per_domain, max_chars=args.max_chars, min_chars=args.min_chars)
     spark = get_spark("attention-influence-corpus")
     frame = spark.createDataFrame([(d.id, d.domain, d.text) for d in docs], "id STRING, domain STRING, text STRING")
     replace_table(frame.repartition(4), args.output)

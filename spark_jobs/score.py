@@ -29,7 +29,7 @@ def build_parser():
     p = new_parser("Score every document of a Delta table by AttentionInfluence (SPEC §3).")
     p.add_argument("--input", help="Delta path (contains '/') or catalog table of documents")
     p.add_argument("--output", help="Delta path or catalog table of scores")
-    p.add_argument("--model", help="local model directory or hub id (the strong model)")
+    p.add_argument("--model", help="local model directory, .gguf file or hub id (the strong model)")
     p.add_argument("--revision", help="model revision on the hub")
     p.add_argument("--heads", help="heads JSON written by detect_heads.py")
     p.add_argument("--id-col", help="unique document id column")

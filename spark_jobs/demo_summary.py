@@ -1,0 +1,130 @@
+"""The summary `make demo` ends with: heads, retrieval-task accuracies, documents scored, tokens/s,
+the top and bottom documents of each domain, and the tables and files the demo wrote.
+
+    python spark_jobs/demo_summary.py --out demo-output
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
+# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import json
+import re
+from pathlib import Path
+
+from spark_jobs.common import JobError, get_spark, new_parser, parse_flags, positive_int, read_table, run
+
+EXTREMES_SQL = Path(__file__).with_name("sql") / "demo_extremes.sql"
+TABLES = ("corpus", "head_scores", "scored", "selected")
+
+
+def build_parser():
+    p = new_parser("Print the demo's summary from the tables and files it wrote.")
+    p.add_argument("--out", help="the demo's output folder")
+    p.add_argument("--score-log", help="score.py's printed output, for its tokens/s (default <out>/score_summary.txt)")
+    p.add_argument("--per-side", type=positive_int, help="top and bottom documents shown per domain")
+    return p
+
+
+def heads_lines(heads_file: Path) -> list[str]:
+    """Selected heads with their scores, and whatever task accuracies detect_heads.py recorded."""
+    if not heads_file.exists():
+        return [f"heads: {heads_file} not found"]
+    document = json.loads(heads_file.read_text())
+    heads = [tuple(h) for h in document.get("heads", [])]
+    scores = document.get("scores", {})
+    shown = ", ".join(f"{l}.{h} ({scores[f'{l}.{h}']:.2f})" if f"{l}.{h}" in scores else f"{l}.{h}"
+                      for l, h in heads)
+    lines = [f"model: {document.get('model')} ({document.get('model_revision')})",
+             f"heads: {len(heads)} of {len(scores) or '?'} selected (top {document.get('top_fraction')}; "
+             f"layer.head (retrieval score)): {shown}"]
+    accuracies = _accuracies(document)
+    if accuracies:
+        lines.append("retrieval-task accuracy: " + ", ".join(f"{name} {value:.3f}" if isinstance(value, float)
+                                                          else f"{name} {value}" for name, value in accuracies))
+    else:
+        lines.append("retrieval-task accuracy: not recorded in the heads JSON")
+    return lines
+
+
+def _accuracies(document: dict) -> list[tuple[str, object]]:
+    """(name, value) of the accuracy entries, flat (`accuracy_full`, ...) or nested under one key."""
+    found = []
+    for key, value in document.items():
+        if "accura" not in key.lower():
+            continue
+        if isinstance(value, dict):
+            found.extend((f"{key}.{k}", v) for k, v in value.items() if isinstance(v, (int, float)))
+        elif isinstance(value, (int, float)):
+            found.append((key, value))
+    order = {"full": 0, "masked": 1, "random": 2}
+    return sorted(found, key=lambda kv: max((o for word, o in order.items() if word in kv[0]), default=3))
+
+
+def throughput(score_log: Path) -> str | None:
+    """score.py's own `scored N documents (T tokens) in S s: R tokens/s` line."""
+    if not score_log.exists():
+        return None
+    for line in score_log.read_text().splitlines():
+        if re.match(r"scored \d+ documents", line):
+            return line.strip()
+    return None
+
+
+def _one_line(text: str, width: int = 90) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def main(argv=None):
+    args = parse_flags("demo_summary", build_parser(), argv)
+    from pyspark.sql import functions as F
+
+    out = Path(args.out)
+    spark = get_spark("attention-influence-demo-summary")
+    print("== demo summary ==")
+    for line in heads_lines(out / "heads.json"):
+        print(line)
+
+    scored_ref = str(out / "scored")
+    scored = read_table(spark, scored_ref)
+    if not {"id", "domain"}.issubset(scored.columns):
+        raise JobError(f"{scored_ref} has no id/domain columns: not a demo table")
+    by_status = {r["status"]: r["count"] for r in scored.groupBy("status").count().collect()}
+    print(f"documents scored: {sum(by_status.values())} ({', '.join(f'{k} {v}' for k, v in sorted(by_status.items()))})")
+    print(throughput(Path(args.score_log) if args.score_log else out / "score_summary.txt")
+          or "tokens/s: score.py's output not found")
+    domains = (scored.where(F.col("status") == "ok").groupBy("domain")
+               .agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens"),
+                    F.avg("loss_full").alias("loss_full"), F.avg("loss_masked").alias("loss_masked"),
+                    F.avg("attention_influence").alias("influence"))
+               .orderBy("domain").collect())
+    for r in domains:
+        print(f"  {r['domain']:<8} {r['documents']:>5} documents {r['tokens']:>8} tokens  mean loss_full "
+              f"{r['loss_full']:.3f}, loss_masked {r['loss_masked']:.3f}, attention_influence {r['influence']:.4f}")
+
+    scored.createOrReplaceTempView("scored_documents")
+    extremes = spark.sql(EXTREMES_SQL.read_text(), args={"per_side": args.per_side}).collect()
+    print(f"top and bottom {args.per_side} documents per domain (attention_influence, tokens, start of text):")
+    for r in extremes:
+        print(f"  {r['domain']:<8} {r['side']:<6} {r['attention_influence']:+.4f} {r['n_tokens']:>5}  "
+              f"{_one_line(r['text_start'])!r}")
+
+    selected_ref = str(out / "selected")
+    selected = read_table(spark, selected_ref).count() if (out / "selected").exists() else None
+    if selected is not None:
+        print(f"selected: {selected} documents -> {selected_ref}")
+    print("tables (Delta): " + ", ".join(str(out / t) for t in TABLES if (out / t).exists()))
+    files = [out / "heads.json", out / "heads.png"] + sorted((out / "plots").glob("*.png"))
+    print("files: " + ", ".join(str(f) for f in files if f.exists()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
