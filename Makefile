@@ -13,7 +13,7 @@ SHELL := /bin/bash
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install demo test bench fixture package clean
+.PHONY: install demo test bench fixture package clean sql register
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,10 +30,21 @@ demo: install
 	    --heads $(OUT)/heads.json | tee $(OUT)/score_summary.txt
 	$(PY) notebooks/04_analyse.py
 	$(PY) spark_jobs/select.py --input $(OUT)/scored --output $(OUT)/selected --fraction 0.2
+	$(MAKE) --no-print-directory register
 	@echo "== summary =="
 	@cat $(OUT)/score_summary.txt
-	@echo "tables: $(OUT)/corpus $(OUT)/head_scores $(OUT)/scored $(OUT)/selected (Delta)"
+	@cat $(OUT)/analysis.txt
+	@echo "tables: $(OUT)/corpus $(OUT)/head_scores $(OUT)/scored $(OUT)/selected (Delta), by name demo.corpus demo.head_scores demo.scored demo.selected (make sql)"
 	@echo "files:  $(OUT)/heads.json $(OUT)/heads.png $(OUT)/plots/"
+
+# The demo's Delta folders by name (demo.corpus, demo.head_scores, demo.scored, demo.selected) in
+# the persistent local catalog under $(OUT)/ (Hive metastore on Derby: one process at a time).
+register:
+	$(PY) spark_jobs/register_tables.py --root $(OUT) --database demo --tables corpus,head_scores,scored,selected
+
+# SQL over the demo's tables by name (after make demo): make sql Q="SELECT COUNT(*) FROM demo.scored"; no Q: a shell.
+sql:
+	$(PY) spark_jobs/spark_sql.py $(if $(Q),-e "$(Q)")
 
 test: install
 	$(PY) -m pytest -ra

@@ -208,8 +208,9 @@ def resolve_jars(packages: list[str], props: dict[str, str]) -> list[str]:
     """Local jar files of `packages` (with their dependencies), resolved once per machine.
 
     The first call runs Spark's own resolution (spark.jars.packages with the profile's Ivy
-    settings and cache) in a child process whose output is kept, not shown; the list of jars is
-    remembered in the Ivy cache directory and reused while every file is still there.
+    settings and cache) in a child process whose output goes to attention-influence-resolve.log
+    in the Ivy directory, not the console; the list of jars is remembered there too and reused
+    while every file is still there.
     """
     import hashlib
 
@@ -231,6 +232,9 @@ def resolve_jars(packages: list[str], props: dict[str, str]) -> list[str]:
     result = subprocess.run([sys.executable, "-c", _RESOLVE_JARS, ",".join(packages), ivy, settings],
                             capture_output=True, text=True, env=env, timeout=1800)
     lines = [line for line in result.stdout.splitlines() if line.startswith("JARS=")]
+    log = Path(ivy) / "attention-influence-resolve.log"  # Ivy's report, for when something is wrong
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(result.stdout + result.stderr)
     if result.returncode or not lines:
         tail = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()][-5:]
         raise JobError(f"could not resolve {', '.join(packages)} (settings {settings or 'Spark default'}): "
