@@ -221,7 +221,7 @@ def resolve_jars(packages: list[str], props: dict[str, str]) -> list[str]:
     record = Path(ivy) / f"attention-influence-jars-{key}.txt"
     if record.exists():
         jars = record.read_text().split()
-        if jars and all(Path(j.removeprefix("file://")).exists() for j in jars):
+        if jars and all(Path(re.sub(r"^file:(//)?", "", j)).exists() for j in jars):
             return jars
     print(f"resolving {', '.join(packages)} from Maven Central into {ivy} (once per machine)",
           file=sys.stderr, flush=True)
@@ -240,8 +240,9 @@ def resolve_jars(packages: list[str], props: dict[str, str]) -> list[str]:
         raise JobError(f"could not resolve {', '.join(packages)} (settings {settings or 'Spark default'}): "
                        + " | ".join(tail))
     jars = [j for j in lines[-1][len("JARS="):].split(",") if j]
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text("\n".join(jars) + "\n")
+    partial = record.with_suffix(f".{os.getpid()}.tmp")  # written whole, then renamed: never half a list
+    partial.write_text("\n".join(jars) + "\n")
+    partial.replace(record)
     return jars
 
 
