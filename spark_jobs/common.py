@@ -343,7 +343,8 @@ def register_delta_table(spark, name: str, path: str) -> str:
     if not DeltaTable.isDeltaTable(spark, location):
         raise JobError(f"not a Delta table: {path}")
     parts = name.split(".")
-    if len(parts) > 1:
+    # Hive's metastore logs a stack trace at ERROR for CREATE DATABASE IF NOT EXISTS on an existing one: ask first.
+    if len(parts) > 1 and not spark.catalog.databaseExists(".".join(parts[:-1])):
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {'.'.join(quoted.split('.')[:-1])}")
     outcome = "created"
     if spark.catalog.tableExists(name):
