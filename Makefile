@@ -25,7 +25,7 @@ SHELL := /bin/bash
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install model demo test bench fixture package clean
+.PHONY: install model demo test bench fixture package clean sql register
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,18 @@ demo: install $(if $(filter $(REAL_MODEL),$(MODEL)),model)
 	    --heads $(OUT)/heads.json $(DEMO_SCORE_FLAGS) | tee $(OUT)/score_summary.txt
 	ATTENTION_INFLUENCE_OUTPUT=$(OUT) ATTENTION_INFLUENCE_MODEL=$(MODEL) $(PY) notebooks/04_analyse.py
 	$(PY) spark_jobs/select.py --input $(OUT)/scored --output $(OUT)/selected --fraction 0.2
+	$(MAKE) --no-print-directory register PY=$(PY)
 	$(PY) spark_jobs/demo_summary.py --out $(OUT)
+	@cat $(OUT)/analysis.txt
+
+# The demo's Delta folders by name (demo.corpus, demo.head_scores, demo.scored, demo.selected) in
+# the persistent local catalog under $(OUT)/ (Hive metastore on Derby: one process at a time).
+register:
+	$(PY) spark_jobs/register_tables.py --root $(OUT) --database demo --tables corpus,head_scores,scored,selected
+
+# SQL over the demo's tables by name (after make demo): make sql Q="SELECT COUNT(*) FROM demo.scored"; no Q: a shell.
+sql:
+	$(PY) spark_jobs/spark_sql.py $(if $(Q),-e "$(Q)")
 
 test: install model
 	$(PY) -m pytest -ra

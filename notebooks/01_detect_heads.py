@@ -4,26 +4,37 @@
 # MAGIC Runs the synthetic key/value retrieval task and scores every attention head by how often its
 # MAGIC strongest attention lands on the token the model copies (SPEC §2). The top 5% become the heads
 # MAGIC we mask to make the *weak* model. Builds the sample corpus first if it is not there yet.
+# MAGIC
+# MAGIC Parameters are the widgets at the top (defaults from `conf/detect_heads.yaml` and
+# MAGIC `conf/build_corpus.yaml`); run as a plain script, the defaults apply.
 
 # COMMAND ----------
 
 import json
-import os
 from pathlib import Path
 
 from spark_jobs import build_corpus, detect_heads
-from spark_jobs.notebook import demo_paths, run_job, session
+from spark_jobs.notebook import default_output, default_model, demo_paths, job_defaults, run_job, session, show, widgets
 
 spark = session(globals().get("spark"))
-paths = demo_paths()
+detect_defaults = job_defaults("detect_heads")
+params = widgets(globals().get("dbutils"), {
+    "output_dir": default_output(),
+    "model": default_model(),
+    "samples": detect_defaults["samples"],
+    "top_fraction": detect_defaults["top_fraction"],
+    "context_tokens": detect_defaults["context_tokens"],
+    "per_domain": job_defaults("build_corpus")["per_domain"],
+})
+paths = demo_paths(params["output_dir"], params["model"])
 
 # COMMAND ----------
 
 if not Path(paths.corpus).exists():
-    run_job(build_corpus, "--output", paths.corpus,
-            "--per-domain", os.environ.get("ATTENTION_INFLUENCE_DOCS", "1000"))
+    run_job(build_corpus, "--output", paths.corpus, "--per-domain", params["per_domain"])
 run_job(detect_heads, "--model", paths.model, "--output", paths.head_scores, "--heads-out", paths.heads_json,
-        "--samples", os.environ.get("ATTENTION_INFLUENCE_SAMPLES", "32"))
+        "--samples", params["samples"], "--top-fraction", params["top_fraction"],
+        "--context-tokens", params["context_tokens"])
 
 # COMMAND ----------
 
@@ -32,7 +43,8 @@ run_job(detect_heads, "--model", paths.model, "--output", paths.head_scores, "--
 # COMMAND ----------
 
 spark.read.format("delta").load(paths.head_scores).createOrReplaceTempView("head_scores")
-spark.sql("SELECT layer, head, retrieval_score, rank, selected FROM head_scores ORDER BY rank LIMIT 10").show()
+show(spark.sql("SELECT layer, head, retrieval_score, rank, selected FROM head_scores ORDER BY rank LIMIT 10"),
+     globals().get("display"))
 
 # COMMAND ----------
 

@@ -3,20 +3,29 @@
 # MAGIC # 2 · Score documents
 # MAGIC Every document gets the loss of the full model and of the model with the retrieval heads
 # MAGIC masked; `attention_influence = (loss_masked - loss_full) / loss_full` (SPEC §3). Runs
-# MAGIC incrementally: a rerun only scores ids that are not in the output yet.
+# MAGIC incrementally: a rerun only scores ids that are not in the output yet. Set `dry_run` to
+# MAGIC `true` to see what would be scored (documents, estimated tokens, tasks) without writing.
 
 # COMMAND ----------
 
 from spark_jobs import score
-from spark_jobs.notebook import demo_paths, run_job, session
+from spark_jobs.notebook import default_output, default_model, demo_paths, job_defaults, run_job, session, show, widgets
 
 spark = session(globals().get("spark"))
-paths = demo_paths()
+score_defaults = job_defaults("score")
+params = widgets(globals().get("dbutils"), {
+    "output_dir": default_output(),
+    "model": default_model(),
+    "mode": score_defaults["mode"],
+    "dry_run": "false",
+})
+paths = demo_paths(params["output_dir"], params["model"])
 
 # COMMAND ----------
 
 run_job(score, "--input", paths.corpus, "--output", paths.scored, "--model", paths.model,
-        "--heads", paths.heads_json)
+        "--heads", paths.heads_json, "--mode", params["mode"],
+        *(["--dry-run"] if params["dry_run"].strip().lower() == "true" else []))
 
 # COMMAND ----------
 
@@ -25,9 +34,9 @@ run_job(score, "--input", paths.corpus, "--output", paths.scored, "--model", pat
 # COMMAND ----------
 
 spark.read.format("delta").load(paths.scored).createOrReplaceTempView("scored")
-spark.sql("""
+show(spark.sql("""
     SELECT domain, status, COUNT(*) AS documents, SUM(n_tokens) AS tokens,
            ROUND(AVG(attention_influence), 4) AS mean_influence,
            ROUND(PERCENTILE(attention_influence, 0.9), 4) AS p90_influence
     FROM scored GROUP BY domain, status ORDER BY domain, status
-""").show()
+"""), globals().get("display"))

@@ -1,29 +1,31 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # 3 · Select
-# MAGIC Keeps the top 20% of each domain by `attention_influence` with Spark SQL window functions
-# MAGIC (SPEC §4); ties break by id, so reruns give the same table.
+# MAGIC Keeps the top share of each domain by `attention_influence` with Spark SQL window functions
+# MAGIC (SPEC §4); ties break by id, so reruns give the same table. The share is the `fraction`
+# MAGIC widget (default from `conf/select.yaml`). Look at notebook 4 before trusting a share.
 
 # COMMAND ----------
-
-import os
 
 from spark_jobs import select
-from spark_jobs.notebook import demo_paths, run_job, session
+from spark_jobs.notebook import default_output, demo_paths, job_defaults, run_job, session, show, widgets
 
 spark = session(globals().get("spark"))
-paths = demo_paths()
+params = widgets(globals().get("dbutils"), {
+    "output_dir": default_output(),
+    "fraction": job_defaults("select")["fraction"],
+})
+paths = demo_paths(params["output_dir"])
 
 # COMMAND ----------
 
-run_job(select, "--input", paths.scored, "--output", paths.selected,
-        "--fraction", os.environ.get("ATTENTION_INFLUENCE_FRACTION", "0.2"))
+run_job(select, "--input", paths.scored, "--output", paths.selected, "--fraction", params["fraction"])
 
 # COMMAND ----------
 
 spark.read.format("delta").load(paths.selected).createOrReplaceTempView("selected")
-spark.sql("""
+show(spark.sql("""
     SELECT domain, COUNT(*) AS documents, SUM(n_tokens) AS tokens,
            MIN(attention_influence) AS threshold
     FROM selected GROUP BY domain ORDER BY domain
-""").show()
+"""), globals().get("display"))

@@ -1,8 +1,11 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # 4 · Analyse
-# MAGIC How the score is distributed per domain, how it relates to the plain loss, and which
-# MAGIC documents rank highest. Plots go to `demo-output/plots/`.
+# MAGIC # 4 · Analyse: what a selection favours
+# MAGIC Before trusting a share, look at what the score rewards. Per domain: how `attention_influence`
+# MAGIC correlates with document length (`n_tokens`) and with the plain loss (`loss_full`), the length
+# MAGIC of the selected documents against their domain's, and a `loss_full`-based (perplexity)
+# MAGIC selection of the same share beside it, with how much the two overlap (Jaccard). Plots go to
+# MAGIC `<output_dir>/plots/`, the table also to `<output_dir>/analysis.txt` (the demo prints it).
 
 # COMMAND ----------
 
@@ -11,61 +14,111 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from spark_jobs.notebook import demo_paths, session  # noqa: E402
+from spark_jobs.notebook import default_output, demo_paths, job_defaults, session, show, widgets  # noqa: E402
+from spark_jobs.select import SELECT_TOP_SQL  # noqa: E402
 
 spark = session(globals().get("spark"))
-paths = demo_paths()
+display = globals().get("display")
+params = widgets(globals().get("dbutils"), {
+    "output_dir": default_output(),
+    "fraction": job_defaults("select")["fraction"],
+})
+paths = demo_paths(params["output_dir"])
+fraction = float(params["fraction"])
 paths.plots.mkdir(parents=True, exist_ok=True)
 spark.read.format("delta").load(paths.scored).createOrReplaceTempView("scored")
 
 # COMMAND ----------
 
+# MAGIC %md Per domain, in Spark SQL (`spark_jobs/sql/selection_bias.sql`, `corr()` aggregates): a
+# MAGIC correlation near 1 with `n_tokens` means the score mostly ranks by length; a strongly negative
+# MAGIC one with `loss_full` means it favours text the model already predicts well (repetitive tables,
+# MAGIC lists). `jaccard` is the overlap with the low-perplexity selection of the same share.
+
+# COMMAND ----------
+
+bias = spark.sql((SELECT_TOP_SQL.parent / "selection_bias.sql").read_text(), args={"fraction": fraction})
+show(bias, display)
+bias_rows = bias.collect()
+summary = [f"what the top {fraction:.0%} per domain favours (attention_influence vs n_tokens, loss_full; "
+           f"overlap with the lowest-loss {fraction:.0%}):"]
+for r in bias_rows:
+    summary.append(f"  {r['domain']}: {r['documents']} documents, corr(n_tokens) {r['corr_n_tokens']}, "
+                   f"corr(loss_full) {r['corr_loss_full']}, median tokens {r['median_tokens_selected']} selected "
+                   f"vs {r['median_tokens']} in the domain ({r['median_tokens_low_loss']} by low loss), "
+                   f"jaccard {r['jaccard']} ({r['in_both']} of {r['selected']} in both)")
+(paths.out / "analysis.txt").write_text("\n".join(summary) + "\n")
+print("\n".join(summary))
+
+# COMMAND ----------
+
 scores = spark.sql("""
-    SELECT domain, n_tokens, loss_full, loss_masked, attention_influence
-    FROM scored WHERE status = 'ok'
-""").toPandas()
+    SELECT domain, n_tokens, loss_full, loss_masked, attention_influence,
+           ROW_NUMBER() OVER (PARTITION BY domain ORDER BY attention_influence DESC, id)
+             <= CEIL(:fraction * COUNT(*) OVER (PARTITION BY domain)) AS selected
+    FROM scored WHERE status = 'ok' AND attention_influence IS NOT NULL
+""", args={"fraction": fraction}).toPandas()
+domains = sorted(scores["domain"].unique())
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+for domain in domains:
+    group = scores[scores["domain"] == domain]
+    axes[0].scatter(group["n_tokens"], group["attention_influence"], s=6, alpha=0.6, label=domain)
+    axes[1].scatter(group["loss_full"], group["attention_influence"], s=6, alpha=0.6, label=domain)
+axes[0].set_xscale("log")
+axes[0].set_xlabel("n_tokens (log scale)")
+axes[1].set_xlabel("loss_full (nats/token)")
+for ax in axes:
+    ax.set_ylabel("attention_influence")
+    ax.legend()
+fig.tight_layout()
+fig.savefig(paths.plots / "influence_vs_length_and_loss.png", dpi=110)
+
+fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.5), squeeze=False)
+for ax, domain in zip(axes[0], domains):
+    group = scores[scores["domain"] == domain]
+    bins = max(5, min(30, len(group) // 2))
+    ax.hist(group["n_tokens"], bins=bins, alpha=0.5, label=f"domain ({len(group)})")
+    ax.hist(group[group["selected"]]["n_tokens"], bins=bins, alpha=0.7, label=f"selected ({int(group['selected'].sum())})")
+    ax.set_title(domain)
+    ax.set_xlabel("n_tokens")
+    ax.legend()
+fig.tight_layout()
+fig.savefig(paths.plots / "selected_length_by_domain.png", dpi=110)
 
 fig, ax = plt.subplots(figsize=(7, 4))
-for domain, group in scores.groupby("domain"):
+for domain in domains:
+    group = scores[scores["domain"] == domain]
     ax.hist(group["attention_influence"], bins=40, alpha=0.5, label=f"{domain} ({len(group)})")
 ax.set_xlabel("attention_influence = (loss_masked - loss_full) / loss_full")
 ax.set_ylabel("documents")
 ax.legend()
 fig.tight_layout()
 fig.savefig(paths.plots / "influence_by_domain.png", dpi=110)
-
-fig, ax = plt.subplots(figsize=(5, 5))
-for domain, group in scores.groupby("domain"):
-    ax.scatter(group["loss_full"], group["loss_masked"], s=4, alpha=0.5, label=domain)
-low, high = scores[["loss_full", "loss_masked"]].min().min(), scores[["loss_full", "loss_masked"]].max().max()
-ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
-ax.set_xlabel("loss_full (nats/token)")
-ax.set_ylabel("loss_masked (nats/token)")
-ax.legend()
-fig.tight_layout()
-fig.savefig(paths.plots / "loss_full_vs_masked.png", dpi=110)
 print(f"plots: {sorted(str(p) for p in paths.plots.glob('*.png'))}")
 
 # COMMAND ----------
 
-# MAGIC %md Three questions users ask of a scored table:
+# MAGIC %md The documents each selection keeps at the top of each domain:
 
 # COMMAND ----------
 
-# Which domains gain most from the retrieval heads?
-spark.sql("""
-    SELECT domain, COUNT(*) AS documents, ROUND(AVG(attention_influence), 4) AS mean_influence
-    FROM scored WHERE status = 'ok' GROUP BY domain ORDER BY mean_influence DESC
-""").show()
-
-# The highest-scoring documents of each domain
-spark.sql("""
-    SELECT domain, id, ROUND(attention_influence, 4) AS influence, n_tokens, LEFT(text, 60) AS start
+show(spark.sql("""
+    SELECT domain, id, ROUND(attention_influence, 4) AS influence, ROUND(loss_full, 3) AS loss_full, n_tokens,
+           LEFT(text, 60) AS start
     FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY domain ORDER BY attention_influence DESC, id) AS r
           FROM scored WHERE status = 'ok')
     WHERE r <= 3 ORDER BY domain, r
-""").show(truncate=False)
+"""), display)
+show(spark.sql("""
+    SELECT domain, id, ROUND(loss_full, 3) AS loss_full, ROUND(attention_influence, 4) AS influence, n_tokens,
+           LEFT(text, 60) AS start
+    FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY domain ORDER BY loss_full ASC, id) AS r
+          FROM scored WHERE status = 'ok')
+    WHERE r <= 3 ORDER BY domain, r
+"""), display)
+
+# COMMAND ----------
 
 # What failed, and why?
-spark.sql("SELECT status, error, COUNT(*) AS documents FROM scored WHERE status <> 'ok' GROUP BY ALL").show(
-    truncate=False)
+show(spark.sql("SELECT status, error, COUNT(*) AS documents FROM scored WHERE status <> 'ok' GROUP BY ALL"), display)

@@ -110,18 +110,140 @@ def get_spark(app_name: str):
         spark.sparkContext.setLogLevel(os.environ.get("ATTENTION_INFLUENCE_LOG_LEVEL", "WARN"))
         return spark
 
-    from delta import configure_spark_with_delta_pip
-
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
-    props = read_properties(Path(os.environ.get("ATTENTION_INFLUENCE_SPARK_CONF", LOCAL_PROFILE)))
-    packages = props.pop("spark.jars.packages", "")
-    for key, value in props.items():
+    for key, value in local_properties().items():
         builder = builder.config(key, value)
-    extra = [p for p in packages.split(",") if p and not p.startswith("io.delta:")]
-    spark = configure_spark_with_delta_pip(builder, extra_packages=extra).getOrCreate()
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("ATTENTION_INFLUENCE_LOG_LEVEL", "WARN"))
     return spark
+
+
+def profile_path() -> Path:
+    return Path(os.environ.get("ATTENTION_INFLUENCE_SPARK_CONF", LOCAL_PROFILE))
+
+
+def local_properties(profile: Path | None = None) -> dict[str, str]:
+    """The profile's properties as a local session (or a launcher) needs them.
+
+    Relative paths (Ivy settings, log4j configuration, the Derby metastore and warehouse of the
+    local catalog) are made absolute against the repository root, so a job runs the same from any
+    directory. Delta's jars (the installed delta-spark's coordinate) are resolved once per machine,
+    quietly, into the Ivy cache of `spark.jars.ivy`, and handed to Spark as `spark.jars`: a session
+    then starts without printing Ivy's resolution report.
+    """
+    props = resolve_relative_paths(read_properties(profile or profile_path()))
+    packages = [p for p in props.pop("spark.jars.packages", "").split(",") if p and not p.startswith("io.delta:")]
+    packages.insert(0, delta_coordinate())
+    jars = resolve_jars(packages, props)
+    props.pop("spark.jars.ivySettings", None)  # used by the resolution only; Spark would print that it loads it
+    props["spark.jars"] = ",".join(filter(None, [props.get("spark.jars", "")] + jars))
+    for target in _local_files(props):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    return props
+
+
+def delta_coordinate() -> str:
+    """The Maven coordinate of the Delta jar that matches the installed delta-spark and pyspark."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
+
+
+_JAVA_PATH_OPTIONS = ("log4j2.configurationFile", "derby.stream.error.file")
+
+
+def resolve_relative_paths(props: dict[str, str], base: Path = REPO) -> dict[str, str]:
+    """Relative file paths of a profile made absolute against `base` (properties files cannot say ~ or $PWD)."""
+    def absolute(path: str) -> str:
+        return path if not path or os.path.isabs(path) or "://" in path else str(base / path)
+
+    out = dict(props)
+    for key in ("spark.jars.ivySettings", "spark.jars.ivy", "spark.sql.warehouse.dir"):
+        if key in out:
+            out[key] = absolute(out[key])
+    url = out.get("spark.hadoop.javax.jdo.option.ConnectionURL")
+    if url:
+        out["spark.hadoop.javax.jdo.option.ConnectionURL"] = re.sub(
+            r"(databaseName=)([^;]+)", lambda m: m.group(1) + absolute(m.group(2)), url)
+    for key in ("spark.driver.extraJavaOptions",):
+        if key in out:
+            out[key] = re.sub(r"(-D(?:%s)=)(\S+)" % "|".join(map(re.escape, _JAVA_PATH_OPTIONS)),
+                              lambda m: m.group(1) + absolute(m.group(2)), out[key])
+    return out
+
+
+def _local_files(props: dict[str, str]) -> list[Path]:
+    """Files the session writes (Derby's log and database): their folders must exist first."""
+    found = []
+    match = re.search(r"-Dderby\.stream\.error\.file=(\S+)", props.get("spark.driver.extraJavaOptions", ""))
+    if match:
+        found.append(Path(match.group(1)))
+    match = re.search(r"databaseName=([^;]+)", props.get("spark.hadoop.javax.jdo.option.ConnectionURL", ""))
+    if match and not match.group(1).startswith("memory:"):
+        found.append(Path(match.group(1)))
+    return [p for p in found if p.is_absolute()]
+
+
+_RESOLVE_JARS = """
+import sys
+from pyspark.sql import SparkSession
+packages, ivy, settings = sys.argv[1:4]
+builder = (SparkSession.builder.master("local[1]").appName("attention-influence-resolve-jars")
+           .config("spark.ui.enabled", "false").config("spark.jars.packages", packages))
+if ivy:
+    builder = builder.config("spark.jars.ivy", ivy)
+if settings:
+    builder = builder.config("spark.jars.ivySettings", settings)
+spark = builder.getOrCreate()
+print("JARS=" + spark.sparkContext.getConf().get("spark.jars", ""))
+spark.stop()
+"""
+
+
+def resolve_jars(packages: list[str], props: dict[str, str]) -> list[str]:
+    """Local jar files of `packages` (with their dependencies), resolved once per machine.
+
+    The first call runs Spark's own resolution (spark.jars.packages with the profile's Ivy
+    settings and cache) in a child process whose output goes to attention-influence-resolve.log
+    in the Ivy directory, not the console; the list of jars is remembered there too and reused
+    while every file is still there.
+    """
+    import hashlib
+
+    ivy = props.get("spark.jars.ivy") or str(Path.home() / ".ivy2.5.2")
+    settings = props.get("spark.jars.ivySettings", "")
+    digest_of = Path(settings).read_bytes() if settings and Path(settings).exists() else b""
+    key = hashlib.sha256("\n".join(packages).encode() + digest_of).hexdigest()[:16]
+    record = Path(ivy) / f"attention-influence-jars-{key}.txt"
+    if record.exists():
+        jars = record.read_text().split()
+        if jars and all(Path(re.sub(r"^file:(//)?", "", j)).exists() for j in jars):
+            return jars
+    print(f"resolving {', '.join(packages)} from Maven Central into {ivy} (once per machine)",
+          file=sys.stderr, flush=True)
+    import subprocess
+
+    env = dict(os.environ, PYSPARK_SUBMIT_ARGS="pyspark-shell")
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    result = subprocess.run([sys.executable, "-c", _RESOLVE_JARS, ",".join(packages), ivy, settings],
+                            capture_output=True, text=True, env=env, timeout=1800)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("JARS=")]
+    log = Path(ivy) / "attention-influence-resolve.log"  # Ivy's report, for when something is wrong
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(result.stdout + result.stderr)
+    if result.returncode or not lines:
+        tail = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()][-5:]
+        raise JobError(f"could not resolve {', '.join(packages)} (settings {settings or 'Spark default'}): "
+                       + " | ".join(tail))
+    jars = [j for j in lines[-1][len("JARS="):].split(",") if j]
+    partial = record.with_suffix(f".{os.getpid()}.tmp")  # written whole, then renamed: never half a list
+    partial.write_text("\n".join(jars) + "\n")
+    partial.replace(record)
+    return jars
 
 
 # ---------------------------------------------------------------- Delta tables
@@ -186,6 +308,56 @@ def set_table_properties(spark, ref: str, properties: dict[str, str]) -> None:
 
 def table_properties(spark, ref: str) -> dict[str, str]:
     return dict(delta_table(spark, ref).detail().select("properties").first()[0] or {})
+
+
+# ---------------------------------------------------------------- catalog
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def catalog_name(name: str) -> str:
+    """`db.table` (or `table`, `catalog.db.table`) checked part by part and backquoted for SQL text.
+
+    Only plain identifiers pass (letters, digits, underscore), so the quoted name can never
+    close its quotes or carry SQL; anything else is a user error.
+    """
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 3 or not all(_IDENTIFIER.match(part) for part in parts):
+        raise JobError(f"not a table name: {name!r} (expected db.table of letters, digits and _)")
+    return ".".join(f"`{part}`" for part in parts)
+
+
+def register_delta_table(spark, name: str, path: str) -> str:
+    """Register the Delta table at `path` as the external catalog table `name`; the data stays where it is.
+
+    Returns what happened: `created`, `unchanged` (already registered there) or `replaced`
+    (registered elsewhere before; only an external table is re-pointed, its old data is not touched).
+    CREATE TABLE takes no parameter marker for LOCATION (nor IDENTIFIER(:x) under Delta's parser,
+    delta-io/delta#7640), so the name is validated and backquoted and the location is a quoted
+    string literal (`_sql_string`), never pasted raw.
+    """
+    from delta.tables import DeltaTable
+
+    quoted = catalog_name(name)
+    location = os.path.abspath(path)
+    if not DeltaTable.isDeltaTable(spark, location):
+        raise JobError(f"not a Delta table: {path}")
+    parts = name.split(".")
+    # Hive's metastore logs a stack trace at ERROR for CREATE DATABASE IF NOT EXISTS on an existing one: ask first.
+    if len(parts) > 1 and not spark.catalog.databaseExists(".".join(parts[:-1])):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {'.'.join(quoted.split('.')[:-1])}")
+    outcome = "created"
+    if spark.catalog.tableExists(name):
+        described = {row[0]: row[1] for row in spark.sql(f"DESCRIBE TABLE EXTENDED {quoted}").collect()}
+        current = (described.get("Location") or "").removeprefix("file:")
+        if os.path.abspath(current) == location:
+            return "unchanged"
+        if (described.get("Type") or "").upper() != "EXTERNAL":
+            raise JobError(f"{name} is a managed table at {current}; drop it first to register {path}")
+        spark.sql(f"DROP TABLE {quoted}")
+        outcome = "replaced"
+    spark.sql(f"CREATE TABLE {quoted} USING DELTA LOCATION {_sql_string(location)}")
+    return outcome
 
 
 # ---------------------------------------------------------------- running a job

@@ -21,6 +21,7 @@ import time
 from spark_jobs.common import (JobError, delta_table, dumps, get_spark, new_parser, parse_flags, positive_int,
                                quote_identifier, read_table, replace_table, run, set_table_properties, table_exists,
                                table_properties)
+from spark_jobs.progress import Progress
 
 PROPERTY_PREFIX = "attention_influence."
 
@@ -49,7 +50,49 @@ def build_parser():
     p.add_argument("--fused", action=argparse.BooleanOptionalAction,
                    help="share the layers below the first masked layer between both models")
     p.add_argument("--max-chars", type=positive_int, help="longer documents get status 'error'")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be scored (documents, estimated tokens, partitions, scorer); write nothing")
     return p
+
+
+TASKS_PER_SLOT = 4  # several tasks per core (or per GPU): progress per finished task, no long straggler
+DRY_RUN_SAMPLE = 64  # documents tokenized on the driver to estimate a dry run's tokens
+
+
+def default_partitions(spark, documents: int) -> int:
+    """Scoring tasks for `documents`: TASKS_PER_SLOT per task slot, never more than the documents.
+
+    A slot is a core, or a GPU where a task takes a whole GPU (conf/spark/gpu.conf sets
+    spark.task.cpus to the executor's cores, so there is one slot per executor and GPU).
+    """
+    task_cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    slots = max(1, spark.sparkContext.defaultParallelism // max(1, task_cpus))
+    return max(1, min(documents, TASKS_PER_SLOT * slots))
+
+
+def dry_run(documents, todo, to_score: int, partitions: int, args, fingerprint: str, readable: dict) -> int:
+    """What a run would do, from counts and a driver-side tokenization of a sample; writes nothing."""
+    from transformers import AutoTokenizer
+
+    total = documents.count()
+    sample = []
+    if to_score:
+        fraction = min(1.0, 2.0 * DRY_RUN_SAMPLE / to_score)
+        sample = [r[0] for r in todo.sample(fraction=fraction, seed=0).select(args.text_col)
+                  .limit(DRY_RUN_SAMPLE).collect()]
+    tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision)
+    texts = [t.decode("utf-8", "replace") if isinstance(t, (bytes, bytearray)) else t for t in sample]
+    lengths = [len(tokenizer(t)["input_ids"]) for t in texts if t]
+    mean = sum(lengths) / len(lengths) if lengths else 0.0
+    print(f"dry run: {args.input} -> {args.output} [{args.mode}]")
+    print(f"documents: {total} in the input, {total - to_score} already scored by this scorer (skipped), "
+          f"{to_score} to score")
+    print(f"tokens: about {round(mean * to_score)} ({mean:.0f} per document over a sample of {len(texts)}, "
+          f"tokenized here)")
+    print(f"partitions: {partitions}" + ("" if args.partitions else " (default: from the documents and cores/GPUs)"))
+    print(f"scorer {fingerprint} {dumps(readable)}")
+    print("nothing written")
+    return 0
 
 
 def scorer_identity(args, heads, revision: str, dtype: str, max_seq_len: int) -> tuple[str, dict]:
@@ -153,23 +196,30 @@ def main(argv=None):
     if args.mode == "incremental" and output_exists:
         done = read_table(spark, args.output).where(F.col("scorer") == fingerprint).select(args.id_col)
         todo = documents.join(done, on=args.id_col, how="left_anti")
-    if args.partitions:
-        todo = todo.repartition(args.partitions)
+    to_score = todo.count()
+    partitions = args.partitions or default_partitions(spark, to_score)
+    if args.dry_run:
+        return dry_run(documents, todo, to_score, partitions, args, fingerprint, readable)
+    todo = todo.repartition(partitions)
+    progress = Progress(spark, to_score)
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_size))
     settings = ScoringSettings(model=args.model, heads=tuple(heads), max_seq_len=max_seq_len, dtype=dtype,
                                text_col=args.text_col, carry_cols=tuple(carry), batch_tokens=args.batch_tokens,
                                token_losses=bool(args.token_losses), fused=bool(args.fused),
                                max_chars=args.max_chars, revision=args.revision, masking=args.masking)
-    scored = (score_documents(todo, settings)
+    scored = (score_documents(todo, settings, progress.counters)
               .withColumn("scorer", F.lit(fingerprint))
               .withColumn("scored_at", F.current_timestamp()))
     print(f"scoring {args.input} with {args.model} ({len(heads)} heads masked {args.masking}, "
-          f"max_seq_len {max_seq_len}, {dtype}) -> {args.output} [{args.mode}]", file=sys.stderr, flush=True)
+          f"max_seq_len {max_seq_len}, {dtype}) -> {args.output} [{args.mode}]: {to_score} documents in "
+          f"{partitions} tasks", file=sys.stderr, flush=True)
 
     started = time.time()
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # score once; the write reads the cached rows
-    stats = scored.groupBy("status").agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens")).collect()
+    with progress:  # prints documents, tokens, tokens/s and ETA every few seconds while the stage runs
+        stats = (scored.groupBy("status").agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens"))
+                 .collect())
     elapsed = time.time() - started
     by_status = {r["status"]: r["documents"] for r in stats}
     if by_status or args.mode == "overwrite" or not output_exists:  # a rerun with nothing new writes nothing

@@ -15,10 +15,11 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
-@pytest.fixture(scope="session")
-def spark(tmp_path_factory):
-    """The suite's only SparkSession: conf/spark/local.conf, two cores, a private warehouse."""
-    from spark_jobs.common import LOCAL_PROFILE, get_spark, read_properties
+@pytest.fixture(scope="session", autouse=True)
+def spark_profile(tmp_path_factory) -> Path:
+    """The suite's Spark profile (conf/spark/local.conf, two cores, a private catalog and warehouse),
+    set for every test, so job subprocesses started by tests use it too."""
+    from spark_jobs.common import LOCAL_PROFILE, read_properties
 
     props = read_properties(LOCAL_PROFILE)
     props.update({
@@ -27,15 +28,37 @@ def spark(tmp_path_factory):
         "spark.default.parallelism": "2",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse")),
     })
+    # The suite's catalog is private: an in-memory Derby metastore per JVM (never demo-output/'s,
+    # and job subprocesses that inherit this profile do not lock each other out).
+    props.update(private_catalog(tmp_path_factory.mktemp("catalog"), in_memory=True))
     conf = tmp_path_factory.mktemp("conf") / "tests.conf"
     conf.write_text("".join(f"{k} {v}\n" for k, v in props.items()))
     os.environ["ATTENTION_INFLUENCE_SPARK_CONF"] = str(conf)
+    return conf
+
+
+@pytest.fixture(scope="session")
+def spark(spark_profile):
+    """The suite's only SparkSession, on `spark_profile`."""
+    from spark_jobs.common import get_spark
+
     session = get_spark("attention-influence-tests")
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+def private_catalog(folder: Path, in_memory: bool = False) -> dict[str, str]:
+    """Profile settings for a catalog of the tests' own: Derby in `folder` (or in memory), its log there too."""
+    url = ("jdbc:derby:memory:attention_influence_tests;create=true" if in_memory
+           else f"jdbc:derby:;databaseName={folder / 'metastore_db'};create=true")
+    return {
+        "spark.hadoop.javax.jdo.option.ConnectionURL": url,
+        "spark.sql.warehouse.dir": str(folder / "warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={REPO / 'conf' / 'spark' / 'log4j2.properties'}"
+                                         f" -Dderby.stream.error.file={folder / 'derby.log'}",
+    }
 
 
 @pytest.fixture(scope="session")

@@ -122,19 +122,27 @@ def _score_alone(scorer, text):
         return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
 
 
-def make_score_partition(settings: ScoringSettings):
-    """The function to hand to `DataFrame.mapInPandas(fn, settings.output_ddl(schema))`."""
+def make_score_partition(settings: ScoringSettings, counters=None):
+    """The function to hand to `DataFrame.mapInPandas(fn, settings.output_ddl(schema))`.
+
+    `counters`: optional (documents, tokens) Spark accumulators, added to after each batch, that
+    the driver reads to print progress (spark_jobs/progress.py).
+    """
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         gpu = _assigned_gpu()
         for frame in frames:
             if len(frame):  # an empty partition never loads the model
-                yield score_frame(get_scorer(settings, gpu), frame, settings)
+                scored = score_frame(get_scorer(settings, gpu), frame, settings)
+                if counters is not None:
+                    counters[0].add(len(scored))
+                    counters[1].add(int(scored["n_tokens"].fillna(0).sum()))
+                yield scored
 
     return score_partition
 
 
-def score_documents(documents, settings: ScoringSettings):
+def score_documents(documents, settings: ScoringSettings, counters=None):
     """`documents` with the score columns, one output row per input row.
 
     Text travels to Python as bytes, so a string that is not valid UTF-8 becomes
@@ -144,7 +152,7 @@ def score_documents(documents, settings: ScoringSettings):
 
     text_type = documents.schema[settings.text_col].dataType.simpleString()
     as_bytes = documents.withColumn(settings.text_col, F.col(settings.text_col).cast("binary"))
-    scored = as_bytes.mapInPandas(make_score_partition(settings), settings.output_ddl(as_bytes.schema))
+    scored = as_bytes.mapInPandas(make_score_partition(settings, counters), settings.output_ddl(as_bytes.schema))
     if settings.text_col in settings.carry_cols:
         scored = scored.withColumn(settings.text_col, F.col(settings.text_col).cast(text_type))
     return scored

@@ -1,0 +1,95 @@
+"""The job's own progress (driver thread over accumulators), default partitions, and score.py --dry-run."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import pytest
+
+from spark_jobs import score
+from spark_jobs.progress import Progress
+from tests.helpers import SAMPLE_TEXTS, run_job, write_docs, write_heads
+
+pytestmark = pytest.mark.slow
+
+
+def slow_count(counters):
+    def fn(frames):
+        for frame in frames:
+            time.sleep(0.3)
+            counters[0].add(len(frame))
+            counters[1].add(int(frame["id"].sum()))
+            yield frame
+    return fn
+
+
+def test_progress_lines_from_accumulators_and_the_thread_stops(spark):
+    stream = io.StringIO()
+    progress = Progress(spark, total_documents=40, interval=0.2, stream=stream)
+    frame = spark.range(40).repartition(8).mapInPandas(slow_count(progress.counters), "id LONG")
+    with progress:
+        assert frame.count() == 40
+        time.sleep(0.5)  # the last accumulator update reaches the driver with its task's end
+    lines = stream.getvalue().splitlines()
+    assert lines and all(line.startswith("progress: ") for line in lines)
+    assert "40/40 documents (100%)" in lines[-1] and f"{sum(range(40))} tokens" in lines[-1]
+    assert re.search(r"\d+ tokens/s", lines[-1])
+    time.sleep(0.6)
+    assert stream.getvalue().splitlines() == lines  # nothing after the block ended
+
+
+def test_progress_stops_when_the_work_fails(spark):
+    stream = io.StringIO()
+    with pytest.raises(RuntimeError):
+        with Progress(spark, total_documents=3, interval=0.1, stream=stream) as progress:
+            time.sleep(0.35)
+            raise RuntimeError("job failed")
+    assert not progress._thread.is_alive()
+    assert "0/3 documents (0%)" in stream.getvalue()
+
+
+def test_default_partitions_several_per_core_at_most_one_per_document(spark):
+    cores = spark.sparkContext.defaultParallelism  # local[2] in the suite
+    assert score.default_partitions(spark, 10_000) == score.TASKS_PER_SLOT * cores
+    assert score.default_partitions(spark, 3) == 3
+    assert score.default_partitions(spark, 0) == 1
+
+
+def count_tokens(model, texts):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return sum(len(tokenizer(t)["input_ids"]) for t in texts)
+
+
+def test_dry_run_writes_nothing_then_a_run_shows_progress(spark, tmp_path, fixture_model, capsys, monkeypatch):
+    docs = write_docs(spark, SAMPLE_TEXTS[:6], tmp_path / "docs")
+    heads = write_heads(tmp_path / "heads.json", [(1, 0)])
+    output = str(tmp_path / "scored")
+    flags = ["--input", docs, "--output", output, "--model", fixture_model, "--heads", heads]
+
+    code, out = run_job(score, flags + ["--dry-run"], capsys)
+    assert code == 0
+    assert not (tmp_path / "scored").exists()  # the output table is not created
+    assert "documents: 6 in the input, 0 already scored by this scorer (skipped), 6 to score" in out.out
+    expected = count_tokens(fixture_model, [t for _, _, t in SAMPLE_TEXTS[:6]])
+    assert f"tokens: about {expected} " in out.out  # a sample of 64 covers all six: the estimate is exact
+    assert re.search(r"partitions: 6 \(default", out.out)
+    assert re.search(r"scorer ai1-[0-9a-f]{16} ", out.out)
+
+    monkeypatch.setenv("ATTENTION_INFLUENCE_PROGRESS_SECONDS", "0.2")
+    code, out = run_job(score, flags, capsys)
+    assert code == 0
+    assert "6 documents in 6 tasks" in out.err
+    assert "progress: " in out.err and "/6 documents" in out.err
+    version = spark.sql(f"DESCRIBE HISTORY delta.`{output}`").first()["version"]
+
+    write_docs(spark, SAMPLE_TEXTS, tmp_path / "docs")  # four new documents
+    code, out = run_job(score, flags + ["--dry-run"], capsys)
+    assert code == 0
+    assert f"documents: {len(SAMPLE_TEXTS)} in the input, 6 already scored by this scorer (skipped), 4 to score" \
+        in out.out
+    assert spark.sql(f"DESCRIBE HISTORY delta.`{output}`").first()["version"] == version  # unchanged
+    assert spark.read.format("delta").load(output).count() == 6
