@@ -13,7 +13,7 @@ SHELL := /bin/bash
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install demo test bench fixture package clean
+.PHONY: install demo test bench bench-gpu fixture package clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ demo: install
 test: install
 	$(PY) -m pytest -ra
 
-bench: install
-	$(PY) benchmarks/bench.py
+# CPU ratios (synthetic model + SmolLM2-135M real weights); about 10 minutes on 2 idle cores.
+bench: install model
+	$(PY) benchmarks/bench.py --real-model models/smollm2-135m-instruct
+
+# The GPU benchmark, one command of at most 8 minutes (docs/benchmarks.md); --smoke runs it on the CPU.
+bench-gpu: install
+	PY=$(PY) bash benchmarks/gpu.sh --out bench-output/gpu
 
 # Rebuild the committed fixture model (about 10 minutes on 2 cores; see fixtures/tiny-llama/RECIPE.md).
 fixture: install

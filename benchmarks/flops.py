@@ -33,6 +33,10 @@ class Shape:
                    kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
                    ffn=config.intermediate_size, vocab=config.vocab_size)
 
+    @classmethod
+    def of_dict(cls, values: dict) -> "Shape":
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__})
+
 
 # SmolLM2-135M (its config.json) and the paper's 1.3B selector (arXiv 2505.07293, Table 7). The paper's
 # number of key/value heads is our assumption (4 groups of 5 query heads): not found in the sources we had.
