@@ -251,6 +251,7 @@ def spark_udf(args, model_dir: Path, texts, heads, max_seq_len, batch_tokens, de
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "2048")
                .config("spark.task.cpus", str(cores)).config("spark.executor.cores", str(cores))
                .config("spark.driver.memory", "8g" if on_gpu else "1g")
+               .config("spark.executor.memory", "8g" if on_gpu else "1g")
                .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"]))
     if on_gpu:
         script = str(REPO / "conf" / "spark" / "get_gpus_resources.sh")
