@@ -43,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--kv-heads", type=int, default=4, help="key/value heads of the 1.3B shape (our assumption)")
     p.add_argument("--seq", type=int, default=4096, help="max_seq_len of the 1.3B shape (the paper's)")
     p.add_argument("--tokens", type=int, default=262_144, help="tokens per throughput measurement")
+    p.add_argument("--doc-tokens", type=int, default=1024, help="about how long each document is (capped at a window)")
     p.add_argument("--batch-tokens", type=int, default=0, help="0: the largest that fits (measured)")
     p.add_argument("--masking", default=None, help="masking mode; default: the library's DEFAULT_MASKING")
     p.add_argument("--spark", default="auto", choices=["auto", "off"], help="the Spark UDF measurement")
@@ -315,10 +316,10 @@ def try_compile(model, tokenizer, texts, heads, max_seq_len, batch_tokens, devic
 
 def bench_shape(name: str, args, device: str, dtype: str, fixture_tokenizer) -> dict:
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from attention_influence.loading import load_model
-    from attention_influence.losses import Scorer
+    from attention_influence.losses import Scorer, split_windows
 
     result: dict = {"shape": name}
     real = Path(args.real_model)
@@ -355,9 +356,11 @@ def bench_shape(name: str, args, device: str, dtype: str, fixture_tokenizer) -> 
         log(f"{name}: batch sweep {result['batch_sweep']['points']}")
     result["batch_tokens"] = batch_tokens
 
-    texts = documents(tokenizer, args.tokens, doc_tokens=max_seq_len)
-    log(f"{name}: {len(texts)} documents")
-    context = flops.mean_context([max_seq_len])
+    texts = documents(tokenizer, args.tokens, doc_tokens=min(args.doc_tokens, max_seq_len))
+    lengths = [len(w) for t in texts for w in split_windows(tokenizer(t)["input_ids"], max_seq_len)]
+    context = flops.mean_context(lengths)
+    result.update(documents=len(texts), mean_window_tokens=sum(lengths) / len(lengths), mean_context=context)
+    log(f"{name}: {len(texts)} documents, {sum(lengths)} tokens")
     result["fused_flops_per_token"] = flops.fused_flops(shape, first, context)
     result["two_pass_flops_per_token"] = flops.two_pass_flops(shape, context)
     result["predicted_fused_vs_two_pass"] = flops.predicted_fused_ratio(shape, first, context)

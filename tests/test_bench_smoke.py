@@ -29,7 +29,7 @@ def test_gpu_benchmark_smoke_runs_on_the_cpu_and_writes_its_results(tmp_path):
     from benchmarks import flops
 
     expected = flops.predicted_fused_ratio(flops.Shape.of_dict(shape), shape["first_masked_layer"],
-                                           flops.mean_context([shape["max_seq_len"]]))
+                                           shape["mean_context"])
     assert shape["predicted_fused_vs_two_pass"] == pytest.approx(expected)
     assert shape["mfu"] is None  # no GPU peak to divide by on the CPU
     lines = dict(line.split("=", 1) for line in (out / "results.txt").read_text().splitlines())
