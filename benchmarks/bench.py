@@ -305,7 +305,10 @@ def main():
     if real:
         lines += [("real_fused_vs_two_pass", real["fused_vs_two_pass"]),
                   ("real_fused_vs_two_pass_predicted", real["predicted_fused_vs_two_pass"]),
-                  ("real_vs_naive", real["vs_naive"])]
+                  ("real_vs_naive", real["vs_naive"]),
+                  ("real_fused_vs_two_pass_cpu_time", real["cpu_seconds"]["real_two_pass"]
+                   / real["cpu_seconds"]["real_fused"]),
+                  ("real_vs_naive_cpu_time", real["cpu_seconds"]["real_naive"] / real["cpu_seconds"]["real_fused"])]
         if "udf_tokens_per_s" in real:
             lines.append(("real_udf_vs_plain", real["udf_tokens_per_s"] / real["plain_tokens_per_s"]))
         lines += [("real_plain_tokens_per_s", real["plain_tokens_per_s"]),
