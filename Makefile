@@ -25,7 +25,7 @@ SHELL := /bin/bash
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install model demo test bench fixture package clean sql register
+.PHONY: install model demo test bench bench-gpu fixture package clean sql register
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,8 +64,13 @@ sql:
 test: install model
 	$(PY) -m pytest -ra
 
-bench: install
-	$(PY) benchmarks/bench.py
+# CPU ratios (synthetic model + SmolLM2-135M real weights); about 10 minutes on 2 idle cores.
+bench: install model
+	$(PY) benchmarks/bench.py --real-model models/smollm2-135m-instruct
+
+# The GPU benchmark, one command of at most 8 minutes (docs/benchmarks.md); --smoke runs it on the CPU.
+bench-gpu: install
+	PY=$(PY) bash benchmarks/gpu.sh --out bench-output/gpu
 
 # Rebuild the committed fixture model (about 10 minutes on 2 cores; see fixtures/tiny-llama/RECIPE.md).
 fixture: install

@@ -167,6 +167,24 @@ def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: b
     return both[:rows], both[rows:]
 
 
+@dataclass
+class PreparedTexts:
+    """Texts tokenized and cut into windows (`Scorer.prepare`), not yet run through the model."""
+
+    finals: list  # a final DocScore for a document that cannot be scored, else None
+    n_tokens: list[int]
+    windows: list[list[int]]
+    owners: list[int]  # document index of each window
+
+    def __len__(self) -> int:
+        return len(self.finals)
+
+    def only(self, doc_index: int) -> "PreparedTexts":
+        """The one document `doc_index`, to score it alone."""
+        windows = [w for w, owner in zip(self.windows, self.owners) if owner == doc_index]
+        return PreparedTexts([self.finals[doc_index]], [self.n_tokens[doc_index]], windows, [0] * len(windows))
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -224,23 +242,32 @@ class Scorer:
         return ids, None
 
     def score(self, texts: Sequence) -> list[DocScore]:
-        results: list[DocScore | None] = []
+        return self.finish(self.prepare(texts))
+
+    def prepare(self, texts: Sequence) -> "PreparedTexts":
+        """Tokenize and cut into windows: the CPU half of `score`, which a caller may run ahead on a thread."""
+        finals: list[DocScore | None] = []
+        n_tokens: list[int] = []
         windows: list[list[int]] = []
         owners: list[int] = []
         for doc_index, text in enumerate(texts):
             ids, final = self.tokenize(text)
-            results.append(final)
+            finals.append(final)
+            n_tokens.append(len(ids) if ids is not None else 0)
             if ids is None:
                 continue
-            results[doc_index] = DocScore(len(ids))
             for window in split_windows(ids, self.max_seq_len):
                 if len(window) >= 2:
                     windows.append(window)
                     owners.append(doc_index)
+        return PreparedTexts(finals, n_tokens, windows, owners)
 
-        window_losses = self.window_losses(windows)
+    def finish(self, prepared: "PreparedTexts") -> list[DocScore]:
+        """Run the model on prepared windows; fresh DocScores each call, so a failed call can be retried."""
+        results = [final if final is not None else DocScore(n) for final, n in zip(prepared.finals, prepared.n_tokens)]
+        window_losses = self.window_losses(prepared.windows)
         per_doc: dict[int, list[int]] = {}
-        for w, doc_index in enumerate(owners):
+        for w, doc_index in enumerate(prepared.owners):
             per_doc.setdefault(doc_index, []).append(w)
         for doc_index, ws in per_doc.items():
             full = torch.cat([window_losses[w][0] for w in ws]).double()

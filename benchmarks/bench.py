@@ -30,12 +30,23 @@ def parse_args():
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--batch-tokens", type=int, default=8192)
-    p.add_argument("--sweep-documents", type=int, default=250, help="documents per fused/two-pass point")
+    p.add_argument("--sweep-documents", type=int, default=150, help="documents per fused/two-pass point")
     p.add_argument("--out", default=str(REPO / "bench-output"))
     p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     p.add_argument("--skip-spark", action="store_true", help="only the in-process measurements")
     p.add_argument("--task-cpus", type=int, default=os.cpu_count(), help="spark.task.cpus of the UDF run")
+    p.add_argument("--real-model", default=os.environ.get("ATTENTION_INFLUENCE_REAL_MODEL",
+                                                           str(REPO / "models" / "smollm2-135m-instruct")),
+                   help="a real checkpoint (SmolLM2-135M from `make model`) for the real_* lines; '' skips them")
+    p.add_argument("--real-documents", type=int, default=16)
+    p.add_argument("--real-max-chars", type=int, default=1500)
+    p.add_argument("--real-max-seq-len", type=int, default=256)
+    p.add_argument("--real-batch-tokens", type=int, default=4096)
+    p.add_argument("--only-real", action="store_true", help="only the real-model measurements")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--masking", default=None, help="masking mode (default: the library's DEFAULT_MASKING where "
+                                                   "the scorer takes one; zero-output otherwise)")
     return p.parse_args()
 
 
@@ -59,20 +70,20 @@ def heads_from(layer: int, n_heads: int, count: int = 3) -> list[tuple[int, int]
     return [(layer + i // n_heads, i % n_heads) for i in range(count)]
 
 
-def timed_score(scorer, texts) -> tuple[float, int]:
-    started = time.perf_counter()
+CPU_SECONDS: dict = {}  # label -> process CPU seconds of the last timed run (robust to other load)
+
+
+def timed_score(scorer, texts, label: str | None = None) -> tuple[float, int]:
+    started, cpu = time.perf_counter(), time.process_time()
     docs = scorer.score(texts)
     elapsed = time.perf_counter() - started
+    if label:
+        CPU_SECONDS[label] = time.process_time() - cpu
     return elapsed, sum(d.n_tokens for d in docs if d.status == "ok")
 
 
-def spark_udf_run(args, model_path: Path, heads, texts, dtype: str) -> tuple[float, int]:
-    from pyspark.sql import functions as F
-
-    from spark_jobs.common import get_spark
-    from udfs.influence import ScoringSettings, score_documents
-
-    from spark_jobs.common import LOCAL_PROFILE, read_properties
+def spark_session(args):
+    from spark_jobs.common import LOCAL_PROFILE, get_spark, read_properties
 
     # As in conf/spark/gpu.conf, one task holds the executor's compute: here spark.task.cpus =
     # all cores, so the UDF's torch gets the same threads as the plain loop.
@@ -82,18 +93,113 @@ def spark_udf_run(args, model_path: Path, heads, texts, dtype: str) -> tuple[flo
     conf.write_text("".join(f"{k} {v}\n" for k, v in props.items()))
     os.environ["ATTENTION_INFLUENCE_SPARK_CONF"] = str(conf)
     os.environ.setdefault("ATTENTION_INFLUENCE_LOG_LEVEL", "ERROR")
-    spark = get_spark("attention-influence-bench")
+    return get_spark("attention-influence-bench")
+
+
+def spark_udf_run(args, model_path: Path, heads, texts, dtype: str, max_seq_len: int, batch_tokens: int,
+                  partitions: int) -> tuple[float, int, float]:
+    """(seconds, tokens, warm-up seconds): a one-row warm-up job starts the Python worker and loads the
+    model (a reused worker keeps it), as the plain loop loads its model before its clock starts."""
+    from pyspark.sql import functions as F
+
+    from udfs.influence import ScoringSettings, score_documents
+
+    spark = spark_session(args)
+    masking = {"masking": args.masking} if args.masking and "masking" in ScoringSettings.__dataclass_fields__ else {}
+    settings = ScoringSettings(model=str(model_path), heads=tuple(heads), max_seq_len=max_seq_len, dtype=dtype,
+                               text_col="text", carry_cols=("id",), batch_tokens=batch_tokens, **masking)
+    started = time.perf_counter()
+    score_documents(spark.createDataFrame([("w", texts[0])], "id STRING, text STRING"), settings).count()
+    warm_up = time.perf_counter() - started
     frame = spark.createDataFrame([(str(i), t) for i, t in enumerate(texts)], "id STRING, text STRING")
-    # Several tasks per core keep both cores busy to the end (a worker keeps its model between tasks).
-    frame = frame.repartition(4 * spark.sparkContext.defaultParallelism).cache()
+    frame = frame.repartition(partitions).cache()
     frame.count()
-    settings = ScoringSettings(model=str(model_path), heads=tuple(heads), max_seq_len=args.max_seq_len, dtype=dtype,
-                               text_col="text", carry_cols=("id",), batch_tokens=args.batch_tokens)
     started = time.perf_counter()
     rows = score_documents(frame, settings).agg(F.count("*"), F.sum("n_tokens")).first()
     elapsed = time.perf_counter() - started
+    frame.unpersist()
     assert rows[0] == len(texts)
-    return elapsed, int(rows[1])
+    return elapsed, int(rows[1]), warm_up
+
+
+def naive_run(model, tokenizer, texts, heads, max_seq_len: int, masking: str | None) -> tuple[float, int]:
+    """The baseline a user would write: per document (per window of max_seq_len), two separate
+    `model(input_ids, labels=input_ids)` calls at batch size 1, the second with the heads masked."""
+    import torch
+
+    from attention_influence.losses import split_windows
+    from attention_influence.masking import mask_heads
+
+    mode = {"mode": masking} if masking else {}
+    tokens = 0
+    started, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for text in texts:
+            ids = tokenizer(text)["input_ids"]
+            for window in split_windows(ids, max_seq_len):
+                if len(window) >= 2:
+                    batch = torch.tensor([window])
+                    model(input_ids=batch, labels=batch).loss.item()
+                    with mask_heads(model, heads, **mode):
+                        model(input_ids=batch, labels=batch).loss.item()
+            tokens += len(ids)
+    CPU_SECONDS["real_naive"] = time.process_time() - cpu
+    return time.perf_counter() - started, tokens
+
+
+def real_model_runs(args, results: dict, masking: str | None, scorer_kwargs: dict) -> None:
+    """SmolLM2-135M (real weights): plain, UDF, fused vs two-pass with the FLOP prediction, naive."""
+    import torch
+
+    from attention_influence.corpus import sample_corpus
+    from attention_influence.loading import load_model
+    from attention_influence.losses import Scorer, split_windows
+    from benchmarks import flops
+    from benchmarks.gpu_bench import SMOLLM2_HEADS
+
+    path = Path(args.real_model)
+    model, tokenizer = load_model(str(path), dtype="float32", device="cpu")
+    heads = [h for h in SMOLLM2_HEADS if h[0] < model.config.num_hidden_layers]
+    shape = flops.Shape.of(model.config)
+    # Every third document of the sample corpus, so all three domains are in a small set.
+    texts = [d.text for d in sample_corpus(per_domain=args.real_documents, max_chars=args.real_max_chars)]
+    texts = texts[::3][:args.real_documents]
+    lengths = [len(w) for t in texts for w in split_windows(tokenizer(t)["input_ids"], args.real_max_seq_len)]
+    context = flops.mean_context(lengths)
+    first = min(layer for layer, _ in heads)
+    predicted = flops.predicted_fused_ratio(shape, first, context)
+    print(f"real model {path.name}: {shape}, {len(texts)} documents, {sum(lengths)} tokens, max_seq_len "
+          f"{args.real_max_seq_len}, masked heads (fixed list, no detection run) {heads}")
+    speeds = {}
+    for fused in (True, False):
+        scorer = Scorer(model, tokenizer, heads, args.real_max_seq_len, batch_tokens=args.real_batch_tokens,
+                        fused=fused, **scorer_kwargs)
+        scorer.score(texts[:1])  # warm-up
+        elapsed, tokens = timed_score(scorer, texts, label=f"real_{'fused' if fused else 'two_pass'}")
+        speeds[fused] = tokens / elapsed
+        print(f"(real) {'fused' if fused else 'two-pass'}: {tokens} tokens in {elapsed:.1f}s = {tokens / elapsed:,.1f} tokens/s")
+    elapsed, tokens = naive_run(model, tokenizer, texts, heads, args.real_max_seq_len, masking)
+    naive = tokens / elapsed
+    print(f"(real) naive, two model(ids, labels=ids) calls per window at batch size 1: {tokens} tokens in "
+          f"{elapsed:.1f}s = {naive:,.1f} tokens/s")
+    results["real"] = {"model": str(path), "documents": len(texts), "tokens": sum(lengths), "heads": heads,
+                       "plain_tokens_per_s": speeds[True], "two_pass_tokens_per_s": speeds[False],
+                       "naive_tokens_per_s": naive, "fused_vs_two_pass": speeds[True] / speeds[False],
+                       "predicted_fused_vs_two_pass": predicted, "vs_naive": speeds[True] / naive,
+                       "mean_context": context, "cpu_seconds": dict(CPU_SECONDS)}
+    cpu = CPU_SECONDS
+    print(f"(real) by process CPU time (less sensitive to other load): fused vs two-pass "
+          f"{cpu['real_two_pass'] / cpu['real_fused']:.3f}, fused vs naive {cpu['real_naive'] / cpu['real_fused']:.3f}")
+    print(f"(real) fused vs two-pass {speeds[True] / speeds[False]:.3f} (FLOP model predicts {predicted:.3f}: "
+          f"masked heads from layer {first}/{shape.layers}, LM head {shape.vocab}x{shape.hidden} twice in both)")
+    if not args.skip_spark:
+        del model
+        elapsed, tokens, warm_up = spark_udf_run(args, path, heads, texts, "float32", args.real_max_seq_len,
+                                                 args.real_batch_tokens, partitions=2)
+        results["real"]["udf_tokens_per_s"] = tokens / elapsed
+        results["real"]["udf_start_s"] = warm_up
+        print(f"(real) Spark UDF path: {tokens} tokens in {elapsed:.1f}s = {tokens / elapsed:,.1f} tokens/s "
+              f"(worker start + model load before it: {warm_up:.1f}s)")
 
 
 def main():
@@ -103,8 +209,34 @@ def main():
     from attention_influence.corpus import sample_corpus
     from attention_influence.loading import load_model
     from attention_influence.losses import Scorer
+    from attention_influence.masking import DEFAULT_MASKING
 
+    # The masking mode travels where the scorer takes one (the masking work adds it); this core masks
+    # with zero-output only. Both modes cost the same FLOPs.
+    takes_masking = "masking" in Scorer.__dataclass_fields__
+    masking = (args.masking or DEFAULT_MASKING) if takes_masking else None
+    args.masking = masking
+    kwargs = {"masking": masking} if masking else {}
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.only_real:
+        results: dict = {"masking": masking or "zero-output", "load_average_start": os.getloadavg()}
+        print(f"threads={torch.get_num_threads()} masking={masking or 'zero-output'} load: {os.getloadavg()[0]:.1f}")
+        real_model_runs(args, results, masking, kwargs)
+        real = results["real"]
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        cpu = real["cpu_seconds"]
+        for key, value in [("real_fused_vs_two_pass", real["fused_vs_two_pass"]),
+                           ("real_fused_vs_two_pass_predicted", real["predicted_fused_vs_two_pass"]),
+                           ("real_vs_naive", real["vs_naive"]),
+                           ("real_fused_vs_two_pass_cpu_time", cpu["real_two_pass"] / cpu["real_fused"]),
+                           ("real_vs_naive_cpu_time", cpu["real_naive"] / cpu["real_fused"]),
+                           ("load_average", os.getloadavg()[0])]:
+            print(f"{key}={value:.3f}")
+        return
     model_path = out / "model"
     build_model(args, model_path)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -112,11 +244,14 @@ def main():
     model, tokenizer = load_model(str(model_path), dtype=dtype, device=args.device)
     params = sum(p.numel() for p in model.parameters())
     mid = heads_from(args.layers // 2, args.heads)
-    print(f"device={args.device} dtype={dtype} threads={torch.get_num_threads()} model: {args.layers} layers, "
-          f"hidden {args.hidden}, {params / 1e6:.1f}M params; {len(texts)} documents; masked heads {mid}")
+    print(f"device={args.device} dtype={dtype} threads={torch.get_num_threads()} masking={masking or 'zero-output'} "
+          f"model: {args.layers} layers, hidden {args.hidden}, {params / 1e6:.1f}M params; {len(texts)} documents; "
+          f"masked heads {mid}; load: {os.getloadavg()[0]:.1f} (1-min load average; other work on these cores "
+          f"makes timings noisy)")
 
-    results: dict = {"documents": len(texts), "params": params, "device": args.device, "dtype": dtype}
-    scorer = Scorer(model, tokenizer, mid, args.max_seq_len, batch_tokens=args.batch_tokens, fused=True)
+    results: dict = {"documents": len(texts), "params": params, "device": args.device, "dtype": dtype,
+                     "masking": masking or "zero-output", "load_average_start": os.getloadavg()}
+    scorer = Scorer(model, tokenizer, mid, args.max_seq_len, batch_tokens=args.batch_tokens, fused=True, **kwargs)
     scorer.score(texts[:20])  # warm-up: first-call allocations
     scorer.stats.update(real_tokens=0, padded_tokens=0)
     elapsed, tokens = timed_score(scorer, texts)
@@ -126,34 +261,66 @@ def main():
           f"padding waste {results['padding_waste']:.3f}")
 
     if not args.skip_spark:
-        elapsed, tokens = spark_udf_run(args, model_path, mid, texts, dtype)
+        elapsed, tokens, warm_up = spark_udf_run(args, model_path, mid, texts, dtype, args.max_seq_len,
+                                                 args.batch_tokens, partitions=4 * (os.cpu_count() or 1))
         results["udf_tokens_per_s"] = tokens / elapsed
+        results["udf_start_s"] = warm_up
         print(f"(b) Spark UDF path:     {tokens} tokens in {elapsed:.1f}s = {tokens / elapsed:,.0f} tokens/s "
-              f"(incl. worker start and model load)")
+              f"(worker start + model load before it, as for (a): {warm_up:.1f}s)")
 
+    from benchmarks import flops
+
+    shape = flops.Shape.of(model.config)
     sweep_texts = texts[:args.sweep_documents]
     results["fused_sweep"] = {}
-    for first_layer in sorted({0, args.layers // 4, args.layers // 2, 3 * args.layers // 4, args.layers - 1}):
+    for first_layer in sorted({args.layers // 4, args.layers // 2, 3 * args.layers // 4}):
         heads = heads_from(first_layer, args.heads, count=min(3, (args.layers - first_layer) * args.heads))
         speeds = {}
         for fused in (False, True):
-            variant = Scorer(model, tokenizer, heads, args.max_seq_len, batch_tokens=args.batch_tokens, fused=fused)
+            variant = Scorer(model, tokenizer, heads, args.max_seq_len, batch_tokens=args.batch_tokens, fused=fused,
+                             **kwargs)
             elapsed, tokens = timed_score(variant, sweep_texts)
             speeds[fused] = tokens / elapsed
         ratio = speeds[True] / speeds[False]
-        predicted = 2 * args.layers / (2 * args.layers - first_layer)
+        predicted = flops.predicted_fused_ratio(shape, first_layer, args.max_seq_len / 2)
         results["fused_sweep"][first_layer] = {"two_pass": speeds[False], "fused": speeds[True], "ratio": ratio,
-                                               "layers_only_prediction": predicted}
+                                               "flop_prediction": predicted}
         print(f"(c/d) masked heads from layer {first_layer}/{args.layers}: two-pass {speeds[False]:,.0f} "
-              f"tokens/s, fused {speeds[True]:,.0f} tokens/s, ratio {ratio:.2f} "
-              f"(decoder layers alone predict {predicted:.2f})")
+              f"tokens/s, fused {speeds[True]:,.0f} tokens/s, ratio {ratio:.2f} (FLOP model predicts {predicted:.2f})")
+    del model
 
+    if args.real_model and (Path(args.real_model) / "config.json").exists():
+        real_model_runs(args, results, masking, kwargs)
+    elif args.real_model:
+        print(f"real model: {args.real_model} not found (run `make model`); real_* lines skipped")
+
+    results["load_average_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    lines = []
     if "udf_tokens_per_s" in results:
-        print(f"udf_vs_plain={results['udf_tokens_per_s'] / results['plain_tokens_per_s']:.3f}")
-    print(f"fused_vs_two_pass={results['fused_sweep'][args.layers // 2]['ratio']:.3f}")
-    print(f"padding_waste={results['padding_waste']:.3f}")
-    print(f"plain_tokens_per_s={results['plain_tokens_per_s']:.0f}")
+        lines.append(("udf_vs_plain", results["udf_tokens_per_s"] / results["plain_tokens_per_s"]))
+    mid_point = results["fused_sweep"][args.layers // 2]
+    lines += [("fused_vs_two_pass", mid_point["ratio"]), ("fused_vs_two_pass_predicted", mid_point["flop_prediction"])]
+    real = results.get("real")
+    if real:
+        lines += [("real_fused_vs_two_pass", real["fused_vs_two_pass"]),
+                  ("real_fused_vs_two_pass_predicted", real["predicted_fused_vs_two_pass"]),
+                  ("real_vs_naive", real["vs_naive"]),
+                  ("real_fused_vs_two_pass_cpu_time", real["cpu_seconds"]["real_two_pass"]
+                   / real["cpu_seconds"]["real_fused"]),
+                  ("real_vs_naive_cpu_time", real["cpu_seconds"]["real_naive"] / real["cpu_seconds"]["real_fused"])]
+        if "udf_tokens_per_s" in real:
+            lines.append(("real_udf_vs_plain", real["udf_tokens_per_s"] / real["plain_tokens_per_s"]))
+        lines += [("real_plain_tokens_per_s", real["plain_tokens_per_s"]),
+                  ("real_naive_tokens_per_s", real["naive_tokens_per_s"])]
+        if "udf_tokens_per_s" in real:
+            lines.append(("real_udf_tokens_per_s", real["udf_tokens_per_s"]))
+    lines += [("padding_waste", results["padding_waste"]), ("plain_tokens_per_s", results["plain_tokens_per_s"])]
+    if "udf_tokens_per_s" in results:
+        lines.append(("udf_tokens_per_s", results["udf_tokens_per_s"]))
+    lines.append(("load_average", results["load_average_end"][0]))
+    for key, value in lines:
+        print(f"{key}={value:.3f}" if abs(value) < 100 else f"{key}={value:.0f}")
 
 
 if __name__ == "__main__":

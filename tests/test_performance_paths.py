@@ -82,3 +82,91 @@ def test_a_document_that_breaks_the_model_fails_alone(monkeypatch):
     assert list(out["id"]) == ["a", "b", "c"]
     assert list(out["status"]) == ["ok", "error", "ok"]
     assert "device-side assert" in out["error"][1]
+
+
+def test_pooled_udf_path_gives_each_row_once_in_order_and_isolates_a_bad_document(monkeypatch):
+    """Pools span several Arrow batches; output is one frame per input frame, equal to scoring alone."""
+    import pandas as pd
+
+    import udfs.influence as influence
+
+    scorer = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=16, batch_tokens=64)
+    monkeypatch.setattr(influence, "get_scorer", lambda settings, gpu: scorer)
+    real_run = Scorer._run
+    poison = scorer.tokenize("poison")[0]
+
+    def run_failing_on_poison(self, windows, batch):
+        if any(windows[i] == poison for i in batch):
+            raise RuntimeError("device-side assert triggered")
+        return real_run(self, windows, batch)
+
+    monkeypatch.setattr(Scorer, "_run", run_failing_on_poison)
+    settings = influence.ScoringSettings(model="unused", heads=tuple(HEADS), max_seq_len=16, dtype="float32",
+                                         text_col="text", carry_cols=("id",))
+    docs = texts(11, seed=3)
+    docs[6] = "poison"
+    frames = [pd.DataFrame({"id": [str(i) for i in range(a, b)], "text": docs[a:b]})
+              for a, b in [(0, 4), (4, 4), (4, 7), (7, 8), (8, 11)]]
+    out = list(influence.score_pooled(iter(frames), settings, None, pool_rows=5))
+    assert [list(f["id"]) for f in out] == [list(f["id"]) for f in frames if len(f)]
+    got = pd.concat(out, ignore_index=True)
+    assert list(got["status"]) == ["ok"] * 6 + ["error"] + ["ok"] * 4
+    reference = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=16)
+    for row, text in zip(got.itertuples(), docs):
+        if text == "poison":
+            assert "device-side assert" in row.error
+            continue
+        alone = real_score_alone(reference, text)
+        assert row.loss_full == pytest.approx(alone.loss_full, abs=1e-5)
+        assert row.loss_masked == pytest.approx(alone.loss_masked, abs=1e-5)
+
+
+def real_score_alone(scorer, text):
+    from attention_influence.losses import split_windows
+
+    ids = scorer.tokenize(text)[0]
+    windows = [w for w in split_windows(ids, scorer.max_seq_len) if len(w) >= 2]
+    model = scorer.model
+    full, masked = [], []
+    from attention_influence.masking import mask_heads
+
+    with torch.inference_mode():
+        for window in windows:
+            batch = torch.tensor([window])
+            full.append(torch.nn.functional.cross_entropy(model(batch).logits[0, :-1], batch[0, 1:], reduction="none"))
+            with mask_heads(model, HEADS, mode="zero-output"):
+                masked.append(torch.nn.functional.cross_entropy(model(batch).logits[0, :-1], batch[0, 1:],
+                                                                reduction="none"))
+    from types import SimpleNamespace
+
+    return SimpleNamespace(loss_full=float(torch.cat(full).double().mean()),
+                           loss_masked=float(torch.cat(masked).double().mean()))
+
+
+def test_prefetch_thread_hands_its_error_to_the_consumer():
+    from udfs.influence import _ahead
+
+    def broken():
+        yield 1
+        raise ValueError("model file is corrupt")
+
+    got = []
+    with pytest.raises(ValueError, match="corrupt"):
+        for item in _ahead(broken()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_flop_model_matches_a_hand_count():
+    """SmolLM2-135M, windows of 256 tokens, masked heads from layer 17 of 30 (the issue's ~1.29)."""
+    from benchmarks.flops import SMOLLM2_135M, fused_flops, mean_context, predicted_fused_ratio, two_pass_flops
+
+    context = mean_context([256])
+    assert context == 128.5
+    # by hand: q,o 2*2*576*576; k,v 2*2*576*(3*64); QK^T and AV 2*2*128.5*576; MLP 3*2*576*1536
+    layer = 2 * 2 * 576 * 576 + 2 * 2 * 576 * 192 + 2 * 2 * 128.5 * 576 + 3 * 2 * 576 * 1536
+    head = 2 * 576 * 49152
+    assert two_pass_flops(SMOLLM2_135M, context) == pytest.approx(2 * (30 * layer + head))
+    assert fused_flops(SMOLLM2_135M, 17, context) == pytest.approx(30 * layer + 13 * layer + 2 * head)
+    assert predicted_fused_ratio(SMOLLM2_135M, 17, context) == pytest.approx(1.29, abs=0.01)
+    assert predicted_fused_ratio(SMOLLM2_135M, 0, context) == pytest.approx(1.0)

@@ -100,6 +100,11 @@ def score_frame(scorer, frame: pd.DataFrame, settings: ScoringSettings) -> pd.Da
         docs = scorer.score(texts)
     except Exception:  # noqa: BLE001 - isolate the culprit below
         docs = [_score_alone(scorer, text) for text in texts]
+    return _output_frame(frame, docs, settings)
+
+
+def _output_frame(frame: pd.DataFrame, docs, settings: ScoringSettings) -> pd.DataFrame:
+    """The carried columns of `frame` plus the score columns of `docs`, row for row."""
     out = frame[[c for c in frame.columns if c in settings.carry_cols]].copy()
     out["n_tokens"] = pd.array([d.n_tokens for d in docs], dtype="Int32")
     out["loss_full"] = pd.array([d.loss_full for d in docs], dtype="Float64")
@@ -122,22 +127,120 @@ def _score_alone(scorer, text):
         return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
 
 
+# Arrow batches gathered into one pool before planning token-budget batches: bigger pools sort
+# more windows by length (less padding, full batches), while the output stays one frame per input frame.
+POOL_ROWS = 2048
+
+
+def _pools(frames: Iterator[pd.DataFrame], pool_rows: int) -> Iterator[list[pd.DataFrame]]:
+    """Consecutive non-empty frames, gathered until they hold at least `pool_rows` rows."""
+    pool: list[pd.DataFrame] = []
+    rows = 0
+    for frame in frames:
+        if not len(frame):
+            continue
+        pool.append(frame)
+        rows += len(frame)
+        if rows >= pool_rows:
+            yield pool
+            pool, rows = [], 0
+    if pool:
+        yield pool
+
+
+def _ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """`items`, produced on a background thread up to `depth` ahead of the consumer.
+
+    Reading Arrow batches and tokenizing (which release the GIL for much of
+    their work) then overlap with the model; an exception in the producer is
+    raised in the consumer.
+    """
+    import queue
+    import threading
+
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            buffer.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="attention-influence-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = buffer.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def score_pooled(frames: Iterator[pd.DataFrame], settings: ScoringSettings, gpu: str | None,
+                 pool_rows: int = POOL_ROWS) -> Iterator[pd.DataFrame]:
+    """Score pools of Arrow batches, reading and tokenizing the next pool while the model runs.
+
+    Yields one output frame per non-empty input frame, in input order, each
+    input row exactly once. If a pool fails as a whole, its documents are run
+    one by one from their already tokenized windows, so a bad document becomes
+    one `error` row. The model loads (once per worker) when the first pool is
+    read, so an empty partition never loads it.
+    """
+
+    def prepared():
+        for pool in _pools(frames, pool_rows):
+            texts = [text for frame in pool for text in frame[settings.text_col].tolist()]
+            scorer = get_scorer(settings, gpu)
+            yield pool, scorer, scorer.prepare(texts)
+
+    for pool, scorer, ready in _ahead(prepared()):
+        try:
+            docs = scorer.finish(ready)
+        except Exception:  # noqa: BLE001 - isolate the culprit below
+            docs = [_finish_alone(scorer, ready, i) for i in range(len(ready))]
+        start = 0
+        for frame in pool:
+            yield _output_frame(frame, docs[start:start + len(frame)], settings)
+            start += len(frame)
+
+
+def _finish_alone(scorer, ready, doc_index: int):
+    from attention_influence.losses import STATUS_ERROR, DocScore
+
+    try:
+        return scorer.finish(ready.only(doc_index))[0]
+    except Exception as exc:  # noqa: BLE001 - recorded in the row, the job goes on
+        return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
+
+
 def make_score_partition(settings: ScoringSettings, counters=None):
     """The function to hand to `DataFrame.mapInPandas(fn, settings.output_ddl(schema))`.
 
-    `counters`: optional (documents, tokens) Spark accumulators, added to after each batch, that
+    `counters`: optional (documents, tokens) Spark accumulators, added to after each frame, that
     the driver reads to print progress (spark_jobs/progress.py).
     """
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        gpu = _assigned_gpu()
-        for frame in frames:
-            if len(frame):  # an empty partition never loads the model
-                scored = score_frame(get_scorer(settings, gpu), frame, settings)
-                if counters is not None:
-                    counters[0].add(len(scored))
-                    counters[1].add(int(scored["n_tokens"].fillna(0).sum()))
-                yield scored
+        for scored in score_pooled(frames, settings, _assigned_gpu()):
+            if counters is not None:
+                counters[0].add(len(scored))
+                counters[1].add(int(scored["n_tokens"].fillna(0).sum()))
+            yield scored
 
     return score_partition
 

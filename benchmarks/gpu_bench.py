@@ -1,0 +1,496 @@
+"""The GPU benchmark (`benchmarks/gpu.sh`): throughput, MFU and memory of the scorer in bfloat16.
+
+For each shape -- the paper's 1.3B selector with random weights and
+SmolLM2-135M (its real weights when `--real-model` exists there, else random
+weights of its shape; throughput does not depend on the values) -- it measures
+tokens/s of the plain loop (fused pass), of two passes, of the naive baseline
+(two `model(input_ids, labels=...)` calls per window at batch size 1), the
+largest `batch_tokens` that fits with its peak memory, torch.compile against
+eager, the model FLOPs utilisation, and once the Spark UDF path on local Spark
+with a GPU resource. Every step is timed against `--budget-s`; one that does
+not fit is skipped and says so. `--smoke` runs the same code on tiny shapes
+on whatever device there is (the test suite runs it on the CPU).
+
+Writes <out>/results.json and <out>/results.txt (the key=value lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import flops  # noqa: E402
+
+STARTED = time.monotonic()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, a few seconds each (CPU is fine)")
+    p.add_argument("--out", default=str(REPO / "bench-output" / "gpu"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--shapes", default="paper-1.3b,smollm2-135m")
+    p.add_argument("--real-model", default=str(REPO / "models" / "smollm2-135m-instruct"))
+    p.add_argument("--kv-heads", type=int, default=4, help="key/value heads of the 1.3B shape (our assumption)")
+    p.add_argument("--seq", type=int, default=4096, help="max_seq_len of the 1.3B shape (the paper's)")
+    p.add_argument("--tokens", type=int, default=262_144, help="tokens per throughput measurement")
+    p.add_argument("--doc-tokens", type=int, default=1024, help="about how long each document is (capped at a window)")
+    p.add_argument("--batch-tokens", type=int, default=0, help="0: the largest that fits (measured)")
+    p.add_argument("--masking", default=None, help="masking mode; default: the library's DEFAULT_MASKING")
+    p.add_argument("--spark", default="auto", choices=["auto", "off"], help="the Spark UDF measurement")
+    p.add_argument("--spark-master", default=None, help="default local-cluster[1,<cores>,<MB>] (GPU), local[1] (smoke)")
+    p.add_argument("--compile", default="auto", choices=["auto", "off"], help="try torch.compile on the GPU")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting new steps after this many seconds (default 450; 45 with --smoke)")
+    return p.parse_args(argv)
+
+
+def enough(args, seconds: float) -> bool:
+    """Time for a step of about `seconds` on a GPU (a tenth of it in --smoke) before --budget-s runs out."""
+    return left(args) > (seconds / 10 if args.smoke else seconds)
+
+
+def left(args) -> float:
+    return args.budget_s - (time.monotonic() - STARTED)
+
+
+def log(*parts):
+    print(f"[{time.monotonic() - STARTED:6.1f}s]", *parts, flush=True)
+
+
+def sync(device):
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def shape_config(name: str, args, tokenizer):
+    """(transformers config, max_seq_len, masked heads) of a named shape."""
+    from transformers import LlamaConfig
+
+    common = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa")
+    if args.smoke:
+        config = LlamaConfig(vocab_size=4096, hidden_size=64, intermediate_size=176, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             tie_word_embeddings=name != "paper-1.3b", **common)
+        return config, 64, [(2, 0), (3, 1)]
+    if name == "paper-1.3b":
+        s = flops.PAPER_1_3B
+        config = LlamaConfig(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.ffn,
+                             num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=args.kv_heads,
+                             max_position_embeddings=args.seq, tie_word_embeddings=False, **common)
+        # Which heads the paper masks in its 1.3B model is not published: 5% of 320 heads from mid-depth on.
+        return config, args.seq, [(8 + i // 4, i % 4 * 5) for i in range(16)]
+    if name == "smollm2-135m":
+        s = flops.SMOLLM2_135M
+        config = LlamaConfig(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.ffn,
+                             num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
+                             max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000, **common)
+        return config, 2048, SMOLLM2_HEADS
+    raise SystemExit(f"unknown shape {name!r}")
+
+
+# A fixed, realistic set of 14 heads in layers 17-24 of SmolLM2-135M (about 5% of its 270 heads),
+# used where head detection is not run; throughput depends on the first masked layer, not on which heads.
+SMOLLM2_HEADS = [(17, 1), (17, 5), (18, 2), (18, 7), (19, 0), (19, 4), (20, 3), (20, 8), (21, 1), (21, 6),
+                 (22, 2), (23, 5), (24, 0), (24, 7)]
+
+
+def documents(tokenizer, target_tokens: int, doc_tokens: int) -> list[str]:
+    """Real text (this repository's docs and code, fast to read anywhere) joined into ~`doc_tokens`-token documents."""
+    files = sorted(REPO.glob("*.md")) + sorted(REPO.glob("docs/*.md")) + sorted(REPO.glob("attention_influence/*.py")) \
+        + sorted(REPO.glob("udfs/*.py")) + sorted(REPO.glob("spark_jobs/*.py"))
+    pieces = [p for f in files for p in f.read_text(errors="replace").split("\n\n") if p.strip()]
+    docs, current, current_tokens, total, i = [], [], 0, 0, 0
+    while total < target_tokens:
+        piece = pieces[i % len(pieces)]
+        i += 1
+        current.append(piece)
+        current_tokens += len(tokenizer(piece)["input_ids"])
+        if current_tokens >= doc_tokens:
+            docs.append("\n\n".join(current))
+            total += current_tokens
+            current, current_tokens = [], 0
+    return docs
+
+
+def scorer_kwargs(args) -> dict:
+    """Pass the masking mode where the Scorer takes one (the masking work adds it)."""
+    from attention_influence.losses import Scorer
+
+    return {"masking": args.masking} if "masking" in getattr(Scorer, "__dataclass_fields__", {}) else {}
+
+
+def measure(scorer, texts, device) -> dict:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    scorer.stats.update(real_tokens=0, padded_tokens=0)
+    sync(device)
+    started = time.perf_counter()
+    docs = scorer.score(texts)
+    sync(device)
+    elapsed = time.perf_counter() - started
+    tokens = sum(d.n_tokens or 0 for d in docs if d.status == "ok")
+    out = {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed,
+           "padding_waste": 1 - scorer.stats["real_tokens"] / max(1, scorer.stats["padded_tokens"])}
+    if str(device).startswith("cuda"):
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def naive(model, tokenizer, texts, heads, max_seq_len, device, masking, seconds: float) -> dict:
+    """What a per-sample scorer does: per window, model(ids, labels=ids) full, then again masked, batch 1."""
+    import torch
+
+    from attention_influence.losses import split_windows
+    from attention_influence.masking import mask_heads
+
+    mask_kwargs = {"mode": masking} if masking else {}
+    tokens = 0
+    sync(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for text in texts:
+            ids = tokenizer(text)["input_ids"]
+            for window in split_windows(ids, max_seq_len):
+                if len(window) < 2:
+                    continue
+                batch = torch.tensor([window], device=device)
+                model(input_ids=batch, labels=batch).loss.item()
+                with mask_heads(model, heads, **mask_kwargs):
+                    model(input_ids=batch, labels=batch).loss.item()
+            tokens += len(ids)
+            if time.perf_counter() - started > seconds:
+                break
+    sync(device)
+    elapsed = time.perf_counter() - started
+    return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
+
+
+def batch_sweep(model, tokenizer, heads, max_seq_len, device, kwargs, start: int, seconds: float,
+                max_points: int = 8) -> dict:
+    """Largest batch_tokens whose fused batch of full-length windows runs, with its speed and peak memory."""
+    import random
+
+    import torch
+
+    from attention_influence.losses import Scorer, _is_out_of_memory
+
+    rng = random.Random(0)
+    points, batch_tokens, started = [], start, time.perf_counter()
+    while time.perf_counter() - started < seconds and len(points) < max_points:
+        rows = max(1, batch_tokens // max_seq_len)
+        windows = [[rng.randrange(tokenizer.vocab_size) for _ in range(max_seq_len)] for _ in range(rows)]
+        scorer = Scorer(model, tokenizer, heads, max_seq_len, batch_tokens=2 * batch_tokens, fused=True, **kwargs)
+        try:
+            if str(device).startswith("cuda"):
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            scorer._run(windows, list(range(rows)))  # one batch, no OOM splitting
+            sync(device)
+            t = time.perf_counter()
+            scorer._run(windows, list(range(rows)))
+            sync(device)
+            elapsed = time.perf_counter() - t
+        except RuntimeError as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            points.append({"batch_tokens": batch_tokens, "fits": False})
+            break
+        point = {"batch_tokens": batch_tokens, "fits": True, "tokens_per_s": rows * max_seq_len / elapsed}
+        if str(device).startswith("cuda"):
+            point["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            free, total = torch.cuda.mem_get_info()
+            point["device_memory_gib"] = total / 2**30
+        points.append(point)
+        batch_tokens *= 2
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    fitting = [p for p in points if p["fits"]]
+    best = max(fitting, key=lambda p: p["tokens_per_s"]) if fitting else None
+    # The scorer's batch_tokens counts the rows of one pass; the fused pass plans half of it per batch.
+    return {"points": points, "largest_fitting": 2 * fitting[-1]["batch_tokens"] if fitting else None,
+            "fastest": 2 * best["batch_tokens"] if best else None}
+
+
+def spark_udf(args, model_dir: Path, texts, heads, max_seq_len, batch_tokens, device, dtype) -> dict:
+    """Tokens/s of udfs.influence on local Spark; the model is loaded by a warm-up job first (reported apart)."""
+    try:
+        import pyspark
+    except ImportError:
+        return {"skipped": "pyspark is not installed here"}
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        return {"skipped": "no Java runtime here (Spark needs one)"}
+    os.environ.setdefault("SPARK_HOME", os.path.dirname(pyspark.__file__))
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from udfs.influence import ScoringSettings, score_documents
+
+    on_gpu = str(device).startswith("cuda")
+    cores = max(1, min(8, (os.cpu_count() or 2) - 2)) if on_gpu else 1
+    master = args.spark_master or (f"local-cluster[1,{cores},16384]" if on_gpu else "local[1]")
+    builder = (SparkSession.builder.master(master).appName("attention-influence-gpu-bench")
+               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.python.worker.reuse", "true")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "2048")
+               .config("spark.task.cpus", str(cores)).config("spark.executor.cores", str(cores))
+               .config("spark.driver.memory", "8g" if on_gpu else "1g")
+               .config("spark.executor.memory", "8g" if on_gpu else "1g")
+               .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"]))
+    if on_gpu:
+        script = str(REPO / "conf" / "spark" / "get_gpus_resources.sh")
+        builder = (builder.config("spark.worker.resource.gpu.amount", "1")
+                   .config("spark.worker.resource.gpu.discoveryScript", script)
+                   .config("spark.executor.resource.gpu.amount", "1")
+                   .config("spark.executor.resource.gpu.discoveryScript", script)
+                   .config("spark.task.resource.gpu.amount", "1"))
+    started = time.perf_counter()
+    spark = builder.getOrCreate()
+    try:
+        session_s = time.perf_counter() - started
+        kwargs = {"masking": args.masking} if "masking" in ScoringSettings.__dataclass_fields__ and args.masking else {}
+        settings = ScoringSettings(model=str(model_dir), heads=tuple(heads), max_seq_len=max_seq_len, dtype=dtype,
+                                   text_col="text", carry_cols=("id",), batch_tokens=batch_tokens, **kwargs)
+
+        def run(rows):
+            frame = spark.createDataFrame(rows, "id STRING, text STRING").coalesce(1)
+            t = time.perf_counter()
+            got = score_documents(frame, settings).agg(F.count("*"), F.sum("n_tokens"),
+                                                       F.sum(F.when(F.col("status") == "ok", 1).otherwise(0))).first()
+            return time.perf_counter() - t, got
+
+        warm_s, _ = run([("w", texts[0])])  # worker start + model load, kept apart
+        rows = [(str(i), t) for i, t in enumerate(texts)]
+        elapsed, got = run(rows)
+        assert got[0] == len(texts), f"UDF returned {got[0]} rows for {len(texts)}"
+        return {"master": master, "session_start_s": session_s, "warm_up_s": warm_s, "seconds": elapsed,
+                "tokens": int(got[1]), "ok_rows": int(got[2]), "tokens_per_s": int(got[1]) / elapsed}
+    finally:
+        spark.stop()
+
+
+def try_compile(model, tokenizer, texts, heads, max_seq_len, batch_tokens, device, kwargs, eager_tps, seconds):
+    """torch.compile of the decoder layers; kept only if it beats eager on the same texts."""
+    import torch
+
+    from attention_influence.losses import Scorer
+    from attention_influence.masking import decoder_layers
+
+    layers = list(decoder_layers(model))
+    originals = [layer.forward for layer in layers]
+    try:
+        for layer in layers:
+            layer.forward = torch.compile(layer.forward, dynamic=True)
+        scorer = Scorer(model, tokenizer, heads, max_seq_len, batch_tokens=batch_tokens, fused=True, **kwargs)
+        t = time.perf_counter()
+        scorer.score(texts[:2])  # compile
+        compile_s = time.perf_counter() - t
+        if compile_s > seconds:
+            return {"compile_s": compile_s, "skipped": "compiling took longer than the budget left"}
+        result = measure(scorer, texts, device)
+        return {"compile_s": compile_s, "tokens_per_s": result["tokens_per_s"],
+                "speedup": result["tokens_per_s"] / eager_tps, "kept": result["tokens_per_s"] > eager_tps}
+    except Exception as exc:  # noqa: BLE001 - compile support varies; eager stays
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+    finally:
+        for layer, forward in zip(layers, originals):
+            layer.forward = forward
+
+
+def bench_shape(name: str, args, device: str, dtype: str, fixture_tokenizer) -> dict:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from attention_influence.loading import load_model
+    from attention_influence.losses import Scorer, split_windows
+
+    result: dict = {"shape": name}
+    real = Path(args.real_model)
+    if name == "smollm2-135m" and not args.smoke and (real / "model.safetensors").exists():
+        model, tokenizer = load_model(str(real), dtype=dtype, device=device)
+        config, max_seq_len, heads = model.config, 2048, SMOLLM2_HEADS
+        result["weights"] = f"real ({real})"
+        model_dir = real
+    else:
+        tokenizer = fixture_tokenizer
+        config, max_seq_len, heads = shape_config(name, args, tokenizer)
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
+        result["weights"] = "random"
+        model_dir = None
+    shape = flops.Shape.of(model.config)
+    first = min(layer for layer, _ in heads)
+    result.update(layers=shape.layers, hidden=shape.hidden, heads=shape.heads, kv_heads=shape.kv_heads,
+                  ffn=shape.ffn, vocab=shape.vocab, max_seq_len=max_seq_len, masked_heads=heads,
+                  first_masked_layer=first, params=sum(p.numel() for p in model.parameters()),
+                  attention=model.config._attn_implementation)
+    kwargs = scorer_kwargs(args)
+    masking = args.masking
+    log(f"{name}: {result['params'] / 1e6:.0f}M params, {result['weights']} weights, seq {max_seq_len}")
+
+    sweep_start = max(max_seq_len, 4096 if not args.smoke else max_seq_len)
+    if args.batch_tokens:
+        batch_tokens = args.batch_tokens
+    else:
+        result["batch_sweep"] = batch_sweep(model, tokenizer, heads, max_seq_len, device, kwargs, sweep_start,
+                                            seconds=min(60, max(5, left(args) / 6)), max_points=3 if args.smoke else 8)
+        batch_tokens = result["batch_sweep"]["fastest"] or 2 * sweep_start
+        log(f"{name}: batch sweep {result['batch_sweep']['points']}")
+    result["batch_tokens"] = batch_tokens
+
+    texts = documents(tokenizer, args.tokens, doc_tokens=min(args.doc_tokens, max_seq_len))
+    lengths = [len(w) for t in texts for w in split_windows(tokenizer(t)["input_ids"], max_seq_len)]
+    context = flops.mean_context(lengths)
+    result.update(documents=len(texts), mean_window_tokens=sum(lengths) / len(lengths), mean_context=context)
+    log(f"{name}: {len(texts)} documents, {sum(lengths)} tokens")
+    result["fused_flops_per_token"] = flops.fused_flops(shape, first, context)
+    result["two_pass_flops_per_token"] = flops.two_pass_flops(shape, context)
+    result["predicted_fused_vs_two_pass"] = flops.predicted_fused_ratio(shape, first, context)
+
+    Scorer(model, tokenizer, heads, max_seq_len, batch_tokens=batch_tokens, fused=True, **kwargs).score(texts[:2])
+    for fused in (True, False):
+        if not enough(args, 20):
+            result[f"{'fused' if fused else 'two_pass'}_skipped"] = "time budget"
+            continue
+        scorer = Scorer(model, tokenizer, heads, max_seq_len, batch_tokens=batch_tokens, fused=fused, **kwargs)
+        result["fused" if fused else "two_pass"] = measure(scorer, texts, device)
+        log(f"{name}: {'fused' if fused else 'two-pass'} {result['fused' if fused else 'two_pass']}")
+    if "fused" in result and "two_pass" in result:
+        result["fused_vs_two_pass"] = result["fused"]["tokens_per_s"] / result["two_pass"]["tokens_per_s"]
+    if "fused" in result:
+        peak = flops.peak_bf16_tflops(torch.cuda.get_device_name()) if device.startswith("cuda") else None
+        result["mfu"] = flops.mfu(result["fused_flops_per_token"], result["fused"]["tokens_per_s"], peak)
+        if enough(args, 20):
+            result["naive"] = naive(model, tokenizer, texts, heads, max_seq_len, device, masking,
+                                    seconds=min(30, left(args) / 4))
+            result["plain_vs_naive"] = result["fused"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
+            log(f"{name}: naive {result['naive']}")
+        if args.compile == "auto" and device.startswith("cuda") and enough(args, 120):
+            result["compile"] = try_compile(model, tokenizer, texts, heads, max_seq_len, batch_tokens, device,
+                                            kwargs, result["fused"]["tokens_per_s"], seconds=left(args) / 3)
+            log(f"{name}: torch.compile {result['compile']}")
+    result["_model"] = (model, tokenizer, texts, heads, max_seq_len, batch_tokens, model_dir)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    from transformers import AutoTokenizer
+
+    from attention_influence.loading import pick_device
+
+    if args.smoke:
+        args.tokens = min(args.tokens, 2000)
+    if args.budget_s is None:
+        args.budget_s = 45 if args.smoke else 450
+    if args.masking is None:
+        from attention_influence.masking import DEFAULT_MASKING
+
+        args.masking = DEFAULT_MASKING
+    if "masking" not in scorer_kwargs(args):
+        args.masking = None  # this version of the core masks with zero-output only
+    device = pick_device(args.device)
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    info = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({os.cpu_count()} cores)",
+            "dtype": dtype, "torch": torch.__version__, "smoke": args.smoke, "masking": args.masking or "zero-output",
+            "kv_heads_assumed_for_1.3b": args.kv_heads, "command": " ".join(sys.argv)}
+    if device.startswith("cuda"):
+        info["peak_bf16_tflops"] = flops.peak_bf16_tflops(info["device"])
+    log(f"device {info['device']}, {dtype}")
+    fixture_tokenizer = AutoTokenizer.from_pretrained(REPO / "fixtures" / "tiny-llama")
+    fixture_tokenizer.model_max_length = int(1e30)
+    shapes = {}
+    for name in [s for s in args.shapes.split(",") if s]:
+        if not enough(args, 30):
+            shapes[name] = {"skipped": "time budget"}
+            continue
+        try:
+            shapes[name] = bench_shape(name, args, device, dtype, fixture_tokenizer)
+        except Exception as exc:  # noqa: BLE001 - one shape failing keeps the others' numbers
+            traceback.print_exc()
+            shapes[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+
+    # The Spark UDF path, once, on the first shape measured (it needs a saved checkpoint for the workers).
+    spark_shape = next((n for n, r in shapes.items() if "_model" in r), None)
+    if args.spark != "off" and spark_shape and enough(args, 60):
+        model, tokenizer, texts, heads, max_seq_len, batch_tokens, model_dir = shapes[spark_shape]["_model"]
+        try:
+            if model_dir is None:
+                model_dir = out / "spark-model"
+                model.save_pretrained(model_dir)
+                tokenizer.save_pretrained(model_dir)
+            udf = spark_udf(args, Path(model_dir), texts, heads, max_seq_len, batch_tokens, device, dtype)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            udf = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        finally:
+            if model_dir == out / "spark-model":
+                shutil.rmtree(model_dir, ignore_errors=True)
+        shapes[spark_shape]["udf"] = udf
+        if "tokens_per_s" in udf:
+            shapes[spark_shape]["udf_vs_plain"] = udf["tokens_per_s"] / shapes[spark_shape]["fused"]["tokens_per_s"]
+        log(f"{spark_shape}: Spark UDF {udf}")
+    for result in shapes.values():
+        result.pop("_model", None)
+
+    lines = key_values(shapes)
+    (out / "results.json").write_text(json.dumps({"info": info, "shapes": shapes}, indent=2, default=str))
+    (out / "results.txt").write_text("".join(f"{k}={v}\n" for k, v in lines))
+    print(json.dumps(info))
+    for key, value in lines:
+        print(f"{key}={value}")
+    return shapes
+
+
+def key_values(shapes: dict) -> list[tuple[str, str]]:
+    lines = []
+    for name, r in shapes.items():
+        tag = name.replace("-", "_").replace(".", "_")
+        for key, path in [("plain_tokens_per_s", ("fused", "tokens_per_s")),
+                          ("two_pass_tokens_per_s", ("two_pass", "tokens_per_s")),
+                          ("naive_tokens_per_s", ("naive", "tokens_per_s")),
+                          ("udf_tokens_per_s", ("udf", "tokens_per_s")),
+                          ("peak_memory_gib", ("fused", "peak_memory_gib")),
+                          ("batch_tokens", ("batch_tokens",)),
+                          ("largest_batch_tokens", ("batch_sweep", "largest_fitting")),
+                          ("fused_vs_two_pass", ("fused_vs_two_pass",)),
+                          ("predicted_fused_vs_two_pass", ("predicted_fused_vs_two_pass",)),
+                          ("vs_naive", ("plain_vs_naive",)),
+                          ("udf_vs_plain", ("udf_vs_plain",)),
+                          ("mfu", ("mfu",)),
+                          ("compile_speedup", ("compile", "speedup"))]:
+            value = r
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                lines.append((f"{tag}_{key}", f"{value:.4g}" if isinstance(value, float) else str(value)))
+        for problem in ("error", "skipped"):
+            if problem in r:
+                lines.append((f"{tag}_{problem}", str(r[problem]).replace("\n", " ")))
+    return lines
+
+
+if __name__ == "__main__":
+    main()

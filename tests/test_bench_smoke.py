@@ -1,0 +1,37 @@
+"""benchmarks/gpu.sh --smoke: the GPU benchmark runs end to end on the CPU, so it is ready the day a GPU comes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_benchmark_smoke_runs_on_the_cpu_and_writes_its_results(tmp_path):
+    out = tmp_path / "gpu"
+    # One shape and no Spark keep it short; `bash benchmarks/gpu.sh --smoke` runs both shapes and the Spark step.
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "--smoke", "--device", "cpu",
+                           "--shapes", "paper-1.3b", "--spark", "off", "--budget-s", "120", "--out", str(out)],
+                          env={"PY": sys.executable, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    shape = results["shapes"]["paper-1.3b"]
+    assert "error" not in shape, shape
+    for step in ("fused", "two_pass", "naive"):
+        assert shape[step]["tokens"] > 0 and shape[step]["tokens_per_s"] > 0
+    assert shape["fused"]["tokens"] == shape["two_pass"]["tokens"]  # the same documents
+    from benchmarks import flops
+
+    expected = flops.predicted_fused_ratio(flops.Shape.of_dict(shape), shape["first_masked_layer"],
+                                           shape["mean_context"])
+    assert shape["predicted_fused_vs_two_pass"] == pytest.approx(expected)
+    assert shape["mfu"] is None  # no GPU peak to divide by on the CPU
+    lines = dict(line.split("=", 1) for line in (out / "results.txt").read_text().splitlines())
+    assert float(lines["paper_1_3b_fused_vs_two_pass"]) > 0
+    assert (out / "log.txt").exists()
