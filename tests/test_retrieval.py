@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from attention_influence.retrieval import (MAX_VALUE_TOKENS, N_SHOTS, build_samples, encode_sample, heads_document,
+from attention_influence.retrieval import (DECODINGS, MAX_VALUE_TOKENS, N_SHOTS, build_samples, encode_sample, heads_document,
                                            load_heads, masking_accuracies, prose_sentences, retrieval_scores,
                                            select_heads, split_sentences)
 from tests.conftest import FIXTURE_MODEL
@@ -84,8 +84,9 @@ def test_value_tokens_are_the_answers_tokens(tokenizer, samples):
 
 
 class Planted:
-    """A random Llama whose greedy answer is the value and whose head PLANTED attends, at each answer step, to
-    the value token it is producing -- on all steps of the samples in `full`, on the first step elsewhere."""
+    """A random Llama that answers every sample right and whose head PLANTED attends, at each answer step, to
+    the value token being produced -- on all steps of the samples in `full`, on the first step elsewhere.
+    Serves both decodings: one teacher-forced pass over prompt + answer, or a prefill then one token a step."""
 
     def __init__(self, tokenizer, samples, full):
         torch.manual_seed(0)
@@ -93,59 +94,75 @@ class Planted:
                              num_attention_heads=4, max_position_embeddings=2048)
         self.model = LlamaForCausalLM(config).eval()
         self.model.set_attn_implementation("eager")
-        self.by_prefix = {}
+        self.prefills, self.passes = {}, {}
         for i, sample in enumerate(samples):
             ids, needle = encode_sample(tokenizer, sample)
+            planted = needle if i in full else needle[:1]
             answer = tokenizer(sample.answer, add_special_tokens=False)["input_ids"]
-            self.by_prefix[tuple(ids[:-1])] = (needle if i in full else needle[:1], answer)
+            self.prefills[tuple(ids[:-1])] = (planted, answer)
+            self.passes[tuple(ids + answer)] = (planted, len(ids) - 1)  # answer token j is predicted at len-1+j
         self.state = {}
         self.model.register_forward_pre_hook(self.before, with_kwargs=True)
         self.model.model.layers[PLANTED[0]].self_attn.register_forward_hook(self.plant)
         self.model.register_forward_hook(self.answer)
 
     def before(self, _module, _args, kwargs):
-        ids = kwargs["input_ids"][0]
-        if len(ids) > 1:  # the prefill: which sample, and the answer starts
-            self.state = {"planted": self.by_prefix[tuple(ids.tolist())], "step": -1}
+        ids = tuple(kwargs["input_ids"][0].tolist())
+        if ids in self.passes:
+            planted, first = self.passes[ids]
+            self.state = {"ids": ids, "queries": {first + j: n for j, n in enumerate(planted)}}
+        elif len(ids) > 1:
+            planted, answer = self.prefills[ids]
+            self.state = {"answer": answer, "planted": planted, "step": -1}
         else:
             self.state["step"] += 1
 
     def plant(self, _module, _args, output):
-        needle, _ = self.state["planted"]
-        step = self.state["step"]
-        if step < 0 or step >= len(needle):
-            return output
         weights = output[1].clone()
-        weights[0, PLANTED[1], -1] = 0
-        weights[0, PLANTED[1], -1, needle[step]] = 1
+        if "queries" in self.state:
+            for query, key in self.state["queries"].items():
+                weights[0, PLANTED[1], query] = 0
+                weights[0, PLANTED[1], query, key] = 1
+            return output[0], weights
+        step = self.state["step"]
+        if 0 <= step < len(self.state["planted"]):
+            weights[0, PLANTED[1], -1] = 0
+            weights[0, PLANTED[1], -1, self.state["planted"][step]] = 1
         return output[0], weights
 
     def answer(self, _module, _args, output):
-        _, answer = self.state["planted"]
-        step = self.state["step"]
-        if step >= 0:
-            logits = torch.full_like(output.logits, -1e4)
-            logits[0, -1, answer[min(step, len(answer) - 1)]] = 0
-            output.logits = logits
+        logits = torch.full_like(output.logits, -1e4)
+        if "queries" in self.state:  # perfect next-token predictions
+            ids = self.state["ids"]
+            logits[0, torch.arange(len(ids) - 1), torch.tensor(ids[1:])] = 0
+        elif self.state["step"] >= 0:
+            answer = self.state["answer"]
+            logits[0, -1, answer[min(self.state["step"], len(answer) - 1)]] = 0
+        else:
+            return output
+        output.logits = logits
         return output
 
 
-def test_planted_copying_head_scores_one_and_is_selected(tokenizer, samples):
+@pytest.mark.parametrize("decoding", DECODINGS)
+def test_planted_copying_head_scores_one_and_is_selected(tokenizer, samples, decoding):
     planted = Planted(tokenizer, samples, full=range(len(samples)))
-    result = retrieval_scores(planted.model, tokenizer, samples)
+    result = retrieval_scores(planted.model, tokenizer, samples, decoding=decoding)
     assert result.scores.shape == (3, 4) and result.samples == len(samples)
-    assert result.exact_matches == len(samples) and result.copied_tokens == result.answer_tokens > 0
+    assert result.copied_tokens == result.answer_tokens > 0
+    assert result.exact_matches == (len(samples) if decoding == "greedy" else None)
     assert result.scores[PLANTED] == pytest.approx(1.0)
     others = np.delete(result.scores.flatten(), PLANTED[0] * 4 + PLANTED[1])
     assert others.max() < 0.5
     assert select_heads(result.scores, 0.05) == [PLANTED]
 
 
-def test_score_is_the_mean_over_samples_not_pooled_over_tokens(tokenizer, samples):
+@pytest.mark.parametrize("decoding", DECODINGS)
+def test_score_is_the_mean_over_samples_not_pooled_over_tokens(tokenizer, samples, decoding):
     """Sample 0: the head copies every value token (1.0); sample 1: only the first (1/|k|)."""
     pair = samples[:2]
     planted = Planted(tokenizer, pair, full={0})
-    result = retrieval_scores(planted.model, tokenizer, pair)
+    result = retrieval_scores(planted.model, tokenizer, pair, decoding=decoding)
     k1 = len(encode_sample(tokenizer, pair[1])[1])
     assert result.scores[PLANTED] == pytest.approx((1.0 + 1 / k1) / 2)
     assert [s[PLANTED] for s in result.sample_scores] == pytest.approx([1.0, 1 / k1])
