@@ -68,7 +68,7 @@ def test_detected_heads_of_the_real_model_carry_its_copying(spark, tmp_path, rea
 
     heads_out = tmp_path / "heads.json"
     code, _ = run_job(detect_heads, ["--model", real_model, "--output", tmp_path / "head_scores",
-                                     "--heads-out", heads_out, "--samples", 4, "--context-tokens", 384,
+                                     "--heads-out", heads_out, "--samples", 4, "--context-tokens", 512,
                                      "--masking", MASKING])
     assert code == 0
     heads = [tuple(h) for h in json.loads(heads_out.read_text())["heads"]]
