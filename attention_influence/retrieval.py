@@ -6,11 +6,16 @@ the docstrings of the standard library, the corpus's `prose` domain), three
 solved questions on other keys, then one key whose value the model must output.
 Prompt + answer fill the context (`context_tokens`) as far as whole pairs allow.
 
-The model answers by greedy decoding with a KV cache. A head's *retrieval
-score* on a sample is |g ∩ k| / |k|: k are the value's tokens in the context,
-g the ones the model produced while the head's highest attention weight pointed
-at exactly that token of the value (copy-paste). A head's score is the mean over
-samples; the top `top_fraction` of all heads are the retrieval heads.
+A head's *retrieval score* on a sample is |g ∩ k| / |k|: k are the value's
+tokens in the context, g the ones the model produced while the head's highest
+attention weight pointed at exactly that token of the value (copy-paste). A
+head's score is the mean over samples; the top `top_fraction` of all heads are
+the retrieval heads. "Produced" is the model's greedy prediction at each answer
+position given the true value so far (teacher-forced, one forward pass), or, as
+Wu et al. do, a free greedy answer decoded with a KV cache (`decoding="greedy"`):
+small models rarely answer right when decoding freely (SmolLM2-135M: 0 of 9
+samples), which leaves every head near zero. The task accuracy (exact value,
+greedy decoding) is measured separately, with and without heads masked.
 """
 
 from __future__ import annotations
@@ -360,8 +365,9 @@ def retrieval_scores(model, tokenizer, samples: Sequence[RetrievalSample], decod
         if progress is not None:
             progress()
     scores = np.mean(per_sample, axis=0) if per_sample else np.zeros((n_layers, n_heads))
-    return RetrievalScores(scores=scores, samples=len(per_sample), exact_matches=exact if decoding == "greedy" else None,
-                           answer_tokens=answer_total, copied_tokens=copied_total, sample_scores=per_sample)
+    return RetrievalScores(scores=scores, samples=len(per_sample),
+                           exact_matches=exact if decoding == "greedy" else None, answer_tokens=answer_total,
+                           copied_tokens=copied_total, sample_scores=per_sample)
 
 
 @torch.inference_mode()

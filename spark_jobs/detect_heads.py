@@ -36,8 +36,9 @@ def build_parser():
     p.add_argument("--output", help="Delta path or catalog table for the head scores")
     p.add_argument("--heads-out", help="heads JSON to write (heads.png is written next to it)")
     p.add_argument("--top-fraction", type=fraction, help="share of all heads to select")
-    p.add_argument("--samples", type=positive_int, help="synthetic retrieval prompts")
-    p.add_argument("--context-tokens", type=positive_int, help="prompt length in tokens (capped at the model's)")
+    p.add_argument("--samples", type=positive_int, help="3-shot retrieval prompts (the paper: 800)")
+    p.add_argument("--context-tokens", type=positive_int,
+                   help="prompt + answer length in tokens, capped at the model's context")
     p.add_argument("--seed", type=int, help="seed of the synthetic task and of the random-head draws")
     p.add_argument("--masking", choices=MASKING_MODES, help="how masked heads are masked in the accuracy check")
     p.add_argument("--decoding", choices=DECODINGS,

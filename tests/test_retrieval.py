@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from attention_influence.retrieval import (DECODINGS, MAX_VALUE_TOKENS, N_SHOTS, build_samples, encode_sample, heads_document,
-                                           load_heads, masking_accuracies, prose_sentences, retrieval_scores,
-                                           select_heads, split_sentences)
+from attention_influence.retrieval import (DECODINGS, MAX_VALUE_TOKENS, N_SHOTS, build_samples, encode_sample,
+                                           heads_document, load_heads, masking_accuracies, prose_sentences,
+                                           retrieval_scores, select_heads, split_sentences)
 from tests.conftest import FIXTURE_MODEL
 
 PLANTED = (1, 2)
@@ -62,7 +62,8 @@ def test_task_layout_keys_values_shots(tokenizer, samples):
 
 def test_prompt_and_answer_fill_the_context_without_passing_it(tokenizer, samples):
     for sample in samples:
-        total = len(tokenizer(sample.prompt)["input_ids"]) + len(tokenizer(sample.answer, add_special_tokens=False)["input_ids"])
+        answer = tokenizer(sample.answer, add_special_tokens=False)["input_ids"]
+        total = len(tokenizer(sample.prompt)["input_ids"]) + len(answer)
         assert CONTEXT - 2 * (MAX_VALUE_TOKENS + 40) < total <= CONTEXT  # within about one key/value pair
     with pytest.raises(ValueError, match="context_tokens=100 is too short"):
         build_samples(tokenizer, 1, context_tokens=100, seed=0)
