@@ -13,7 +13,7 @@ head's score is the mean over samples; the top `top_fraction` of all heads are
 the retrieval heads. "Produced" is the model's greedy prediction at each answer
 position given the true value so far (teacher-forced, one forward pass), or, as
 Wu et al. do, a free greedy answer decoded with a KV cache (`decoding="greedy"`):
-small models rarely answer right when decoding freely (SmolLM2-135M: 0 of 9
+small models rarely answer right when decoding freely (SmolLM2-135M: none of 9 tried
 samples), which leaves every head near zero. The task accuracy (exact value,
 greedy decoding) is measured separately, with and without heads masked.
 """
