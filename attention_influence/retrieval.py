@@ -209,10 +209,12 @@ def _stops(tokenizer, token: int) -> bool:
 
 
 def _greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int,
-            on_step: Callable[[int], None] | None = None, before_decode: Callable[[], None] | None = None) -> list[int]:
+            on_step: Callable[[int], None] | None = None, before_decode: Callable[[], None] | None = None,
+            expected: str | None = None) -> list[int]:
     """Greedy answer with a KV cache: the prompt but its last token in one pass, then one token per step
     (the first step feeds the prompt's last token and produces the first answer token). `on_step(token)`
-    runs after each step, `before_decode()` once between the prefill and the first step."""
+    runs after each step, `before_decode()` once between the prefill and the first step. With `expected`,
+    decoding stops as soon as the answer can no longer be `expected` (exact match is all that is asked)."""
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)
     cache = model(input_ids=ids[:, :-1], use_cache=True).cache
@@ -229,6 +231,10 @@ def _greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int,
             on_step(next_token)
         if _stops(tokenizer, next_token):
             break
+        if expected is not None:
+            text = tokenizer.decode(produced, skip_special_tokens=True)
+            if not (expected.startswith(text) or text.startswith(expected)):
+                break
         token = torch.tensor([[next_token]], device=device)
     return produced
 
@@ -378,7 +384,8 @@ def task_accuracy(model, tokenizer, samples: Sequence[RetrievalSample], heads: S
     with mask_heads(model, heads, mode=masking) if heads else nullcontext():
         for sample in samples:
             prompt_ids, needle = encode_sample(tokenizer, sample)
-            exact += is_exact(tokenizer, _greedy(model, tokenizer, prompt_ids, _max_new_tokens(needle)), sample)
+            produced = _greedy(model, tokenizer, prompt_ids, _max_new_tokens(needle), expected=sample.answer)
+            exact += is_exact(tokenizer, produced, sample)
             if progress is not None:
                 progress()
     return exact / max(len(samples), 1)
