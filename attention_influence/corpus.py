@@ -108,6 +108,18 @@ def _licence_files() -> list[Path]:
     return sorted(found)
 
 
+def prose_texts() -> Iterator[str]:
+    """The docstrings behind the `prose` domain, whole and in corpus order (real English text for the
+    retrieval task's values)."""
+    stdlib = _stdlib_dir()
+    for path in _python_files(stdlib):
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        yield from _docstrings(source)
+
+
 def iter_documents(max_chars: int = 2000, min_chars: int = 1) -> Iterator[Document]:
     """Yield documents of all three domains (each of `min_chars` to `max_chars` characters), in a fixed order."""
     stdlib = _stdlib_dir()

@@ -1,15 +1,21 @@
-"""Retrieval-head detection (AttentionInfluence §2, after Wu et al. 2024).
+"""Retrieval-head detection as in AttentionInfluence (arXiv 2505.07293 §3, Appendix A; after Wu et al. 2024).
 
-The synthetic task: a context of hash-like keys (32 hex characters) each
-mapped to a short value passage, a few solved questions, then one key whose
-value the model must reproduce. A head's *retrieval score* is the share of
-answer tokens for which the model's greedy token equals the token that the
-head's argmax attention points at inside the needle (the queried value in the
-context): copy-paste behaviour.
+The proxy task: a JSON object whose keys are random 32-character alphanumeric
+strings and whose values are real English sentences of at most 30 tokens (from
+the docstrings of the standard library, the corpus's `prose` domain), three
+solved questions on other keys, then one key whose value the model must output.
+Prompt + answer fill the context (`context_tokens`) as far as whole pairs allow.
 
-The answer is teacher-forced (one forward pass per sample instead of a
-generation loop); a step counts only when the model's own greedy token is the
-copied one, so a head is credited for copying the model really does.
+A head's *retrieval score* on a sample is |g ∩ k| / |k|: k are the value's
+tokens in the context, g the ones the model produced while the head's highest
+attention weight pointed at exactly that token of the value (copy-paste). A
+head's score is the mean over samples; the top `top_fraction` of all heads are
+the retrieval heads. "Produced" is the model's greedy prediction at each answer
+position given the true value so far (teacher-forced, one forward pass), or, as
+Wu et al. do, a free greedy answer decoded with a KV cache (`decoding="greedy"`):
+small models rarely answer right when decoding freely (SmolLM2-135M: none of 9 tried
+samples), which leaves every head near zero. The task accuracy (exact value,
+greedy decoding) is measured separately, with and without heads masked.
 """
 
 from __future__ import annotations
@@ -17,160 +23,400 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+import string
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from attention_influence.masking import attention_modules, head_layout
+from attention_influence.masking import DEFAULT_MASKING, attention_modules, head_layout, mask_heads
 
-# Plain English words; values are random phrases of these so the model cannot
-# guess them from priors and must copy.
-WORDS = (
-    "apple river stone light window garden silver paper music winter summer forest "
-    "market engine bridge candle doctor island letter mirror number orange pencil "
-    "rocket shadow tiger valley wallet yellow anchor basket castle dragon eagle "
-    "feather guitar harbor jacket kettle ladder magnet needle ocean palace quartz "
-    "rabbit saddle tunnel umbrella violin wagon zebra cloud metal honey pepper "
-    "planet signal ticket velvet bottle copper desert fabric glacier hammer insect "
-    "jungle kitten lemon marble nickel oyster parrot quiet ribbon salmon timber"
-).split()
+# Not the paper's verbatim text (its appendix is not available here): its instruction as described there --
+# extract the value of the requested key from the JSON object and output only the value.
+INSTRUCTION = ("Extract the value corresponding to the specified key in the JSON object below. "
+               "Output only the value.\n")
+N_SHOTS = 3
+KEY_CHARS = string.ascii_letters + string.digits
+KEY_LENGTH = 32
+MAX_VALUE_TOKENS = 30
+MIN_VALUE_TOKENS = 6  # shorter "sentences" are mostly fragments ("Return x.")
+RANDOM_DRAWS = 5
+# How "the tokens the model produces" are obtained for the score: its greedy prediction at each answer position
+# given the true value so far (one forward pass), or a free greedy answer (Wu et al.). SmolLM2-135M answers
+# almost no sample right when decoding freely, which leaves every head near 0 (see README).
+DECODINGS = ("teacher-forced", "greedy")
+DEFAULT_DECODING = "teacher-forced"
 
-INSTRUCTION = "Below is a JSON object of keys and values. Return the value of the requested key.\n"
 
-
-@dataclass
+@dataclass(frozen=True)
 class RetrievalSample:
-    """One prompt with the character spans needed to score copying."""
+    """One prompt (ending where the answer starts) and the value the model should reproduce."""
 
-    text: str
-    needle_span: tuple[int, int]  # characters of the queried value inside the context
-    answer_span: tuple[int, int]  # characters of the value in the final answer (end of text)
+    prompt: str
+    key: str
+    value: str
+    needle_span: tuple[int, int]  # characters of the queried value inside the JSON object of `prompt`
 
-
-def random_key(rng: random.Random) -> str:
-    return "".join(rng.choice("0123456789abcdef") for _ in range(32))
-
-
-def random_value(rng: random.Random, n_words: int = 6) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+    @property
+    def answer(self) -> str:
+        """What a correct model writes after the prompt: the value and its closing quote."""
+        return self.value + '"'
 
 
-def build_sample(rng: random.Random, n_pairs: int = 12, n_shots: int = 3, value_words: int = 6) -> RetrievalSample:
-    """Context of `n_pairs` key/value pairs, `n_shots` solved questions, one open question."""
-    pairs = [(random_key(rng), random_value(rng, value_words)) for _ in range(n_pairs)]
-    order = list(range(n_pairs))
-    rng.shuffle(order)
-    shots, target = order[:n_shots], order[n_shots % n_pairs]
+# ------------------------------------------------------------------------------------------ the values
 
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+# A plain sentence: capital first, ordinary characters only (nothing that needs escaping in JSON), a full stop.
+_PLAIN_SENTENCE = re.compile(r"[A-Z][A-Za-z0-9 ,;:'()\-]*[A-Za-z0-9)]\.")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The plain prose sentences of a docstring; code examples and indented blocks are skipped."""
+    sentences = []
+    for paragraph in text.split("\n\n"):
+        lines = paragraph.splitlines()
+        if not lines or any(line[:1].isspace() or ">>>" in line for line in lines):
+            continue
+        flat = " ".join(line.strip() for line in lines)
+        for sentence in _SENTENCE_BREAK.split(flat):
+            if _PLAIN_SENTENCE.fullmatch(sentence) and len(sentence.split()) >= 4:
+                sentences.append(sentence)
+    return sentences
+
+
+@lru_cache(maxsize=1)
+def prose_sentences() -> tuple[str, ...]:
+    """Every distinct plain sentence of the corpus's prose domain, in corpus order (deterministic)."""
+    from attention_influence.corpus import prose_texts
+
+    seen: dict[str, None] = {}
+    for text in prose_texts():
+        for sentence in split_sentences(text):
+            seen.setdefault(sentence)
+    return tuple(seen)
+
+
+def value_sentences(tokenizer) -> list[str]:
+    """The sentences that are MIN_VALUE_TOKENS..MAX_VALUE_TOKENS tokens long with this tokenizer."""
+    sentences = list(prose_sentences())
+    lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
+    return [s for s, n in zip(sentences, lengths) if MIN_VALUE_TOKENS <= n <= MAX_VALUE_TOKENS]
+
+
+def alphanumeric_key(rng: random.Random) -> str:
+    return "".join(rng.choice(KEY_CHARS) for _ in range(KEY_LENGTH))
+
+
+# ------------------------------------------------------------------------------------------ the prompts
+
+def format_prompt(pairs: Sequence[tuple[str, str]], shots: Sequence[int], target: int) -> RetrievalSample:
+    """Instruction, the JSON object of `pairs`, the solved `shots`, then the open question on `target`."""
     text = INSTRUCTION + "{"
     needle_span = (0, 0)
     for i, (key, value) in enumerate(pairs):
-        sep = ", " if i else ""
-        text += f'{sep}"{key}": "'
+        text += (", " if i else "") + json.dumps(key) + ': "'
         if i == target:
             needle_span = (len(text), len(text) + len(value))
         text += value + '"'
     text += "}\n"
     for i in shots:
-        text += f'Key: "{pairs[i][0]}"\nValue: "{pairs[i][1]}"\n'
-    text += f'Key: "{pairs[target][0]}"\nValue: "'
-    answer_span = (len(text), len(text) + len(pairs[target][1]))
-    text += pairs[target][1] + '"'
-    return RetrievalSample(text, needle_span, answer_span)
+        text += f'{json.dumps(pairs[i][0])}: "{pairs[i][1]}"\n'
+    key, value = pairs[target]
+    text += f'{json.dumps(key)}: "'
+    return RetrievalSample(text, key, value, needle_span)
 
 
-def build_samples(tokenizer, n_samples: int, context_tokens: int, seed: int, n_shots: int = 3) -> list[RetrievalSample]:
-    """Samples whose prompts are about `context_tokens` tokens long (never longer)."""
+def _n_tokens(tokenizer, text: str, special: bool = True) -> int:
+    return len(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def build_task_sample(tokenizer, rng: random.Random, values: Sequence[str], context_tokens: int,
+                 n_shots: int = N_SHOTS) -> RetrievalSample:
+    """One sample whose prompt + answer is as close to `context_tokens` tokens as whole pairs allow, never over."""
+    used: set[int] = set()
+
+    def new_pair() -> tuple[str, str]:
+        index = rng.randrange(len(values))
+        while index in used:
+            index = rng.randrange(len(values))
+        used.add(index)
+        return alphanumeric_key(rng), values[index]
+
+    core = [new_pair() for _ in range(n_shots + 1)]  # the shots, then the target
+    answer_tokens = _n_tokens(tokenizer, core[-1][1] + '"', special=False)
+    estimate = _n_tokens(tokenizer, format_prompt(core, range(n_shots), n_shots).prompt) + answer_tokens
+    if estimate > context_tokens:
+        raise ValueError(f"context_tokens={context_tokens} is too short for a {n_shots}-shot prompt of this task "
+                         f"(about {estimate} tokens with this tokenizer)")
+    fillers = []
+    while len(used) < len(values):
+        pair = new_pair()
+        cost = _n_tokens(tokenizer, f'{json.dumps(pair[0])}: "{pair[1]}", ', special=False)
+        if estimate + cost > context_tokens:
+            break
+        fillers.append(pair)
+        estimate += cost
+    while True:  # the estimate ignores merges at pair boundaries: drop fillers until the exact count fits
+        pairs = core + fillers
+        order = list(range(len(pairs)))
+        random.Random(rng.random()).shuffle(order)  # the target lands at a random depth
+        position = {old: new for new, old in enumerate(order)}
+        sample = format_prompt([pairs[i] for i in order], [position[i] for i in range(n_shots)], position[n_shots])
+        if _n_tokens(tokenizer, sample.prompt) + answer_tokens <= context_tokens or not fillers:
+            break
+        fillers.pop()
+    if _n_tokens(tokenizer, sample.prompt) + answer_tokens > context_tokens:
+        raise ValueError(f"context_tokens={context_tokens} is too short for a {n_shots}-shot prompt of this task")
+    return sample
+
+
+def build_samples(tokenizer, n_samples: int, context_tokens: int, seed: int,
+                  n_shots: int = N_SHOTS) -> list[RetrievalSample]:
+    """`n_samples` prompts of the task, deterministic given the seed, the tokenizer and this Python's stdlib."""
+    if n_samples <= 0:
+        raise ValueError(f"samples must be positive, got {n_samples}")
+    values = value_sentences(tokenizer)
+    if len(values) < 4 * (n_shots + 1):
+        raise ValueError(f"only {len(values)} prose sentences of {MIN_VALUE_TOKENS}-{MAX_VALUE_TOKENS} tokens "
+                         "found in the corpus")
     rng = random.Random(seed)
-    probe = build_sample(random.Random(seed), n_pairs=8, n_shots=n_shots)
-    tokens_per_pair = len(tokenizer(probe.text)["input_ids"]) / (8 + n_shots + 1)
-    n_pairs = max(n_shots + 1, int(context_tokens / tokens_per_pair) - n_shots - 1)
-    samples = []
-    while len(samples) < n_samples:
-        sample = build_sample(rng, n_pairs=n_pairs, n_shots=n_shots)
-        if len(tokenizer(sample.text)["input_ids"]) > context_tokens:
-            if n_pairs == n_shots + 1:
-                raise ValueError(f"--context-tokens {context_tokens} is too short for a prompt of "
-                                 f"{n_pairs} key/value pairs with this tokenizer")
-            n_pairs -= 1
-            continue
-        samples.append(sample)
-    return samples
+    return [build_task_sample(tokenizer, rng, values, context_tokens, n_shots) for _ in range(n_samples)]
 
 
-def _token_positions(offsets: list[tuple[int, int]], span: tuple[int, int]) -> list[int]:
+def _tokens_inside(offsets, span: tuple[int, int]) -> list[int]:
     start, end = span
     return [i for i, (a, b) in enumerate(offsets) if b > a and a >= start and b <= end]
 
 
+def encode_sample(tokenizer, sample: RetrievalSample) -> tuple[list[int], list[int]]:
+    """(prompt token ids, positions of the value's tokens inside the context): the tokens wholly inside the
+    value's characters (a token merged with the closing quote is not one of them)."""
+    enc = tokenizer(sample.prompt, return_offsets_mapping=True)
+    return list(enc["input_ids"]), _tokens_inside(enc["offset_mapping"], sample.needle_span)
+
+
+# ------------------------------------------------------------------------------------------ greedy answers
+
+def _stops(tokenizer, token: int) -> bool:
+    if token == tokenizer.eos_token_id:
+        return True
+    piece = tokenizer.decode([token])
+    return '"' in piece or "\n" in piece
+
+
+def _greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int,
+            on_step: Callable[[int], None] | None = None, before_decode: Callable[[], None] | None = None,
+            expected: str | None = None) -> list[int]:
+    """Greedy answer with a KV cache: the prompt but its last token in one pass, then one token per step
+    (the first step feeds the prompt's last token and produces the first answer token). `on_step(token)`
+    runs after each step, `before_decode()` once between the prefill and the first step. With `expected`,
+    decoding stops as soon as the answer can no longer be `expected` (exact match is all that is asked)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], device=device)
+    cache = model(input_ids=ids[:, :-1], use_cache=True).cache
+    if before_decode is not None:
+        before_decode()
+    token = ids[:, -1:]
+    produced: list[int] = []
+    for _ in range(max_new_tokens):
+        out = model(input_ids=token, cache=cache, use_cache=True)
+        cache = out.cache
+        next_token = int(out.logits[0, -1].argmax())
+        produced.append(next_token)
+        if on_step is not None:
+            on_step(next_token)
+        if _stops(tokenizer, next_token):
+            break
+        if expected is not None:
+            text = tokenizer.decode(produced, skip_special_tokens=True)
+            if not (expected.startswith(text) or text.startswith(expected)):
+                break
+        token = torch.tensor([[next_token]], device=device)
+    return produced
+
+
+def _max_new_tokens(needle: list[int]) -> int:
+    return len(needle) + 4  # the value, a token merged with the closing quote, slack for other splits
+
+
+def is_exact(tokenizer, produced: list[int], sample: RetrievalSample) -> bool:
+    """The model wrote the value and closed its quote."""
+    return tokenizer.decode(produced, skip_special_tokens=True).startswith(sample.answer)
+
+
+# ------------------------------------------------------------------------------------------ scores
+
 @dataclass
 class RetrievalScores:
-    """Per-head retrieval scores, shape (layers, heads), plus counts behind them."""
+    """Per-head retrieval scores, shape (layers, heads): the mean over samples of |g ∩ k| / |k|."""
 
     scores: np.ndarray
-    answer_tokens: int
-    copied_tokens: int  # answer tokens the model itself got right (greedy)
-    samples: int = 0
-    details: dict = field(default_factory=dict)
+    samples: int
+    exact_matches: int | None  # samples whose value the model reproduced exactly (greedy decoding only)
+    answer_tokens: int  # value tokens over all samples (sum of |k|)
+    copied_tokens: int  # of those, the ones the model produced in their place
+    sample_scores: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.exact_matches is None else self.exact_matches / max(self.samples, 1)
+
+
+def _weights_hook(store: dict, layer: int, rows):
+    """Forward hook of an attention module: the key position each head attends most from query `rows`."""
+    def hook(_module, _args, output):
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if weights is None:
+            raise RuntimeError("attention weights unavailable: load the model with attn_implementation='eager'")
+        store[layer] = weights[0, :, rows, :].argmax(dim=-1)  # (heads, len(rows)) or (heads,)
+    return hook
 
 
 @torch.inference_mode()
-def retrieval_scores(model, tokenizer, samples: list[RetrievalSample]) -> RetrievalScores:
-    """Score every head on `samples`; the model must use eager attention (weights are needed)."""
+def teacher_forced_sample_scores(model, tokenizer, sample: RetrievalSample) -> tuple[np.ndarray, list[int], list[int]]:
+    """(|g ∩ k| / |k| per head, shape (layers, heads); the model's greedy prediction at each answer position;
+    the answer's token ids) for one sample, in one forward pass over prompt + answer. The prediction for
+    answer token t is made at position t-1 from the true prefix."""
     n_layers, n_heads, _ = head_layout(model)
-    modules = attention_modules(model)
-    hits = np.zeros((n_layers, n_heads), dtype=np.int64)
-    answer_total = copied_total = 0
+    enc = tokenizer(sample.prompt + sample.answer, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    needle = _tokens_inside(enc["offset_mapping"], sample.needle_span)
+    start = len(sample.prompt)
+    answer = _tokens_inside(enc["offset_mapping"], (start, start + len(sample.value)))
+    if not needle or not answer:
+        raise ValueError(f"the value of key {sample.key} has no whole token in the prompt or the answer")
     device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    query = torch.tensor([a - 1 for a in answer], device=device)
+    in_value = torch.zeros(len(ids), dtype=torch.bool, device=device)
+    in_value[needle] = True
+    pointed: dict[int, torch.Tensor] = {}
+    handles = [m.register_forward_hook(_weights_hook(pointed, i, query))
+               for i, m in enumerate(attention_modules(model))]
+    try:
+        produced = model(input_ids=input_ids).logits[0, query].argmax(dim=-1)  # (answer,)
+    finally:
+        for handle in handles:
+            handle.remove()
+    positions = torch.stack([pointed[layer] for layer in range(n_layers)]).view(n_layers * n_heads, -1)
+    hit = in_value[positions] & (input_ids[0, positions] == produced.unsqueeze(0))
+    rows, steps = hit.nonzero(as_tuple=True)
+    copied = torch.zeros(n_layers * n_heads, len(ids), dtype=torch.bool, device=device)  # g, per head
+    copied[rows, positions[rows, steps]] = True
+    score = copied[:, needle].sum(dim=-1).double() / len(needle)
+    return score.view(n_layers, n_heads).cpu().numpy(), produced.tolist(), [ids[a] for a in answer]
 
+
+@torch.inference_mode()
+def greedy_sample_scores(model, tokenizer, sample: RetrievalSample) -> tuple[np.ndarray, list[int], list[int]]:
+    """(|g ∩ k| / |k| per head, shape (layers, heads); the greedy answer; k's token ids) for one sample,
+    decoding the answer greedily as Wu et al. do."""
+    n_layers, n_heads, _ = head_layout(model)
+    prompt_ids, needle = encode_sample(tokenizer, sample)
+    if not needle:
+        raise ValueError(f"the value of key {sample.key} has no whole token in the prompt")
+    max_new = _max_new_tokens(needle)
+    length = len(prompt_ids) + max_new
+    device = next(model.parameters()).device
+    in_value = torch.zeros(length, dtype=torch.bool, device=device)
+    in_value[needle] = True
+    context_ids = torch.full((length,), -1, dtype=torch.long, device=device)
+    context_ids[:len(prompt_ids)] = torch.tensor(prompt_ids, device=device)
+    copied = torch.zeros(n_layers * n_heads, length, dtype=torch.bool, device=device)  # g, per head
+    pointed: dict[int, torch.Tensor] = {}
+
+    def on_step(token: int) -> None:
+        positions = torch.stack([pointed[layer] for layer in range(n_layers)]).flatten()  # (layers * heads,)
+        hit = in_value[positions] & (context_ids[positions] == token)
+        rows = hit.nonzero().flatten()
+        copied[rows, positions[rows]] = True
+
+    handles: list = []
+
+    def register() -> None:  # only for the answer: the prefill's weights are not needed
+        handles.extend(m.register_forward_hook(_weights_hook(pointed, i, -1))
+                       for i, m in enumerate(attention_modules(model)))
+
+    try:
+        produced = _greedy(model, tokenizer, prompt_ids, max_new, on_step=on_step, before_decode=register)
+    finally:
+        for handle in handles:
+            handle.remove()
+    score = copied[:, needle].sum(dim=-1).double() / len(needle)
+    return score.view(n_layers, n_heads).cpu().numpy(), produced, [prompt_ids[i] for i in needle]
+
+
+def retrieval_scores(model, tokenizer, samples: Sequence[RetrievalSample], decoding: str = DEFAULT_DECODING,
+                     progress: Callable[[], None] | None = None) -> RetrievalScores:
+    """Score every head on `samples` (per-sample scores, then their mean); `progress()` after each sample.
+    The model must run eager attention: the score needs each head's attention weights."""
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
+    n_layers, n_heads, _ = head_layout(model)
+    per_sample = []
+    exact = answer_total = copied_total = 0
     for sample in samples:
-        enc = tokenizer(sample.text, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        offsets = [tuple(o) for o in enc["offset_mapping"]]
-        needle = _token_positions(offsets, sample.needle_span)
-        answer = _token_positions(offsets, sample.answer_span)
-        if not needle or not answer or answer[0] == 0:
-            continue
-        # The query position for answer token t is t-1: it produces t.
-        query = torch.tensor([t - 1 for t in answer], device=device)
-        needle_mask = torch.zeros(len(ids), dtype=torch.bool, device=device)
-        needle_mask[needle] = True
-        input_ids = torch.tensor([ids], device=device)
+        if decoding == "greedy":
+            score, produced, value_ids = greedy_sample_scores(model, tokenizer, sample)
+            exact += is_exact(tokenizer, produced, sample)
+        else:
+            score, produced, value_ids = teacher_forced_sample_scores(model, tokenizer, sample)
+        per_sample.append(score)
+        answer_total += len(value_ids)
+        copied_total += sum(p == v for p, v in zip(produced, value_ids))
+        if progress is not None:
+            progress()
+    scores = np.mean(per_sample, axis=0) if per_sample else np.zeros((n_layers, n_heads))
+    return RetrievalScores(scores=scores, samples=len(per_sample),
+                           exact_matches=exact if decoding == "greedy" else None, answer_tokens=answer_total,
+                           copied_tokens=copied_total, sample_scores=per_sample)
 
-        pointed: dict[int, torch.Tensor] = {}
 
-        def make_hook(layer: int):
-            def hook(_module, _args, output):
-                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-                if weights is None:
-                    raise RuntimeError("attention weights unavailable: load the model with attn_implementation='eager'")
-                pointed[layer] = weights[0, :, query, :].argmax(dim=-1)  # (heads, answer)
-            return hook
+@torch.inference_mode()
+def task_accuracy(model, tokenizer, samples: Sequence[RetrievalSample], heads: Sequence[tuple[int, int]] = (),
+                  masking: str = DEFAULT_MASKING, progress: Callable[[], None] | None = None) -> float:
+    """Share of samples whose value the model reproduces exactly (greedy), with `heads` masked if any."""
+    exact = 0
+    with mask_heads(model, heads, mode=masking) if heads else nullcontext():
+        for sample in samples:
+            prompt_ids, needle = encode_sample(tokenizer, sample)
+            produced = _greedy(model, tokenizer, prompt_ids, _max_new_tokens(needle), expected=sample.answer)
+            exact += is_exact(tokenizer, produced, sample)
+            if progress is not None:
+                progress()
+    return exact / max(len(samples), 1)
 
-        handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
-        try:
-            logits = model(input_ids=input_ids).logits[0, query]
-        finally:
-            for h in handles:
-                h.remove()
-        produced = logits.argmax(dim=-1)  # (answer,)
-        copied = produced == input_ids[0, query + 1]
-        answer_total += len(answer)
-        copied_total += int(copied.sum())
-        for layer, positions in pointed.items():
-            in_needle = needle_mask[positions]
-            same_token = input_ids[0, positions] == produced.unsqueeze(0)
-            hits[layer] += (in_needle & same_token).sum(dim=-1).cpu().numpy()
 
-    scores = hits / max(answer_total, 1)
-    return RetrievalScores(scores=scores, answer_tokens=answer_total, copied_tokens=copied_total, samples=len(samples))
+def masking_accuracies(model, tokenizer, samples: Sequence[RetrievalSample], heads: Sequence[tuple[int, int]],
+                       masking: str = DEFAULT_MASKING, seed: int = 0, accuracy_full: float | None = None,
+                       draws: int = RANDOM_DRAWS, progress: Callable[[], None] | None = None) -> dict:
+    """Task accuracy of the full model, with `heads` masked, and with as many random other heads masked
+    (mean of `draws` seeded draws), as stored in the heads JSON."""
+    if accuracy_full is None:
+        accuracy_full = task_accuracy(model, tokenizer, samples, progress=progress)
+    n_layers, n_heads, _ = head_layout(model)
+    selected = set(heads)
+    others = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in selected]
+    rng = random.Random(seed)
+    random_heads = [sorted(rng.sample(others, min(len(heads), len(others)))) for _ in range(draws)]
+    masked = task_accuracy(model, tokenizer, samples, heads, masking, progress)
+    random_masked = [task_accuracy(model, tokenizer, samples, pick, masking, progress) for pick in random_heads]
+    return {
+        "accuracy_full": accuracy_full,
+        "accuracy_masked": masked,
+        "accuracy_random_masked": float(np.mean(random_masked)),
+        "accuracy_random_masked_draws": random_masked,
+    }
 
 
 def select_heads(scores: np.ndarray, top_fraction: float) -> list[tuple[int, int]]:
     """The top `top_fraction` of all heads by score (at least one), ties broken by (layer, head)."""
     if not 0 < top_fraction <= 1:
-        raise ValueError(f"--top-fraction must be in (0, 1], got {top_fraction}")
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
     n_layers, n_heads = scores.shape
     k = max(1, math.ceil(top_fraction * n_layers * n_heads))
     order = sorted(((-scores[l, h], l, h) for l in range(n_layers) for h in range(n_heads)))
@@ -178,14 +424,15 @@ def select_heads(scores: np.ndarray, top_fraction: float) -> list[tuple[int, int
 
 
 def heads_document(model_name: str, revision: str | None, top_fraction: float,
-                   heads: list[tuple[int, int]], scores: np.ndarray) -> dict:
-    """The heads JSON of SPEC §2."""
+                   heads: list[tuple[int, int]], scores: np.ndarray, **extra) -> dict:
+    """The heads JSON of SPEC §2; `extra` adds the task accuracies and the task's settings."""
     return {
         "model": model_name,
         "model_revision": revision,
         "top_fraction": top_fraction,
         "heads": [[int(l), int(h)] for l, h in heads],
         "scores": {f"{l}.{h}": float(scores[l, h]) for l in range(scores.shape[0]) for h in range(scores.shape[1])},
+        **extra,
     }
 
 
@@ -200,3 +447,56 @@ def load_heads(path: str) -> list[tuple[int, int]]:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"heads file {path} is not a heads JSON ({exc.__class__.__name__}: {exc})") from None
     return sorted(set(heads))
+
+
+# ------------------------------------------------------------------------------------------ fixture training
+
+# The tiny-llama fixture (attention_influence/fixture.py) was trained on an earlier form of the task: hex keys,
+# values of random words. Its recipe (`build_sample`) still builds those prompts, so they stay here unchanged.
+WORDS = (
+    "apple river stone light window garden silver paper music winter summer forest "
+    "market engine bridge candle doctor island letter mirror number orange pencil "
+    "rocket shadow tiger valley wallet yellow anchor basket castle dragon eagle "
+    "feather guitar harbor jacket kettle ladder magnet needle ocean palace quartz "
+    "rabbit saddle tunnel umbrella violin wagon zebra cloud metal honey pepper "
+    "planet signal ticket velvet bottle copper desert fabric glacier hammer insect "
+    "jungle kitten lemon marble nickel oyster parrot quiet ribbon salmon timber"
+).split()
+FIXTURE_INSTRUCTION = "Below is a JSON object of keys and values. Return the value of the requested key.\n"
+
+
+@dataclass
+class FixturePrompt:
+    text: str
+    needle_span: tuple[int, int]
+    answer_span: tuple[int, int]
+
+
+def random_key(rng: random.Random) -> str:
+    return "".join(rng.choice("0123456789abcdef") for _ in range(32))
+
+
+def random_value(rng: random.Random, n_words: int = 6) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def build_sample(rng: random.Random, n_pairs: int = 12, n_shots: int = 3, value_words: int = 6) -> FixturePrompt:
+    """A solved prompt of the fixture's training format (hex keys, random-word values)."""
+    pairs = [(random_key(rng), random_value(rng, value_words)) for _ in range(n_pairs)]
+    order = list(range(n_pairs))
+    rng.shuffle(order)
+    shots, target = order[:n_shots], order[n_shots % n_pairs]
+    text = FIXTURE_INSTRUCTION + "{"
+    needle_span = (0, 0)
+    for i, (key, value) in enumerate(pairs):
+        text += f'{", " if i else ""}"{key}": "'
+        if i == target:
+            needle_span = (len(text), len(text) + len(value))
+        text += value + '"'
+    text += "}\n"
+    for i in shots:
+        text += f'Key: "{pairs[i][0]}"\nValue: "{pairs[i][1]}"\n'
+    text += f'Key: "{pairs[target][0]}"\nValue: "'
+    answer_span = (len(text), len(text) + len(pairs[target][1]))
+    text += pairs[target][1] + '"'
+    return FixturePrompt(text, needle_span, answer_span)

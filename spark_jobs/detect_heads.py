@@ -15,6 +15,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import json
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,18 +27,49 @@ HEAD_SCORES_DDL = ("layer INT, head INT, retrieval_score DOUBLE, rank INT, selec
 
 
 def build_parser():
+    from attention_influence.masking import MASKING_MODES
+    from attention_influence.retrieval import DECODINGS
+
     p = new_parser("Score every attention head by its retrieval score and select the top fraction (SPEC §2).")
     p.add_argument("--model", help="local model directory or hub id")
     p.add_argument("--revision", help="model revision on the hub")
     p.add_argument("--output", help="Delta path or catalog table for the head scores")
     p.add_argument("--heads-out", help="heads JSON to write (heads.png is written next to it)")
     p.add_argument("--top-fraction", type=fraction, help="share of all heads to select")
-    p.add_argument("--samples", type=positive_int, help="synthetic retrieval prompts")
-    p.add_argument("--context-tokens", type=positive_int, help="prompt length in tokens (capped at the model's)")
-    p.add_argument("--seed", type=int, help="seed of the synthetic task")
+    p.add_argument("--samples", type=positive_int, help="3-shot retrieval prompts (the paper: 800)")
+    p.add_argument("--context-tokens", type=positive_int,
+                   help="prompt + answer length in tokens, capped at the model's context")
+    p.add_argument("--seed", type=int, help="seed of the synthetic task and of the random-head draws")
+    p.add_argument("--masking", choices=MASKING_MODES, help="how masked heads are masked in the accuracy check")
+    p.add_argument("--decoding", choices=DECODINGS,
+                   help="answer tokens scored from the model's predictions on the true value (teacher-forced) "
+                        "or from a free greedy answer (Wu et al.)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     return p
+
+
+class Progress:
+    """A line on stderr about every 10% of the work (at most every 30 s), so a long detection shows it lives."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done = label, total, 0
+        self.started = self.last = time.time()
+
+    def __call__(self) -> None:
+        self.done += 1
+        now = time.time()
+        if self.done == self.total or self.done % max(1, self.total // 10) == 0 or now - self.last > 30:
+            self.last = now
+            left = (now - self.started) / self.done * (self.total - self.done)
+            print(f"{self.label}: {self.done}/{self.total} samples, {now - self.started:.0f}s, ~{left:.0f}s left",
+                  file=sys.stderr, flush=True)
+
+
+def as_flags(exc: ValueError) -> JobError:
+    """The core names its parameters (`context_tokens`); a user of this job knows them as flags."""
+    names = r"\b(context_tokens|top_fraction|samples)\b"
+    return JobError(re.sub(names, lambda m: "--" + m.group(1).replace("_", "-"), str(exc)))
 
 
 def plot_heatmap(scores, heads, path: Path, title: str) -> None:
@@ -66,7 +98,8 @@ def main(argv=None):
     args = parse_flags("detect_heads", build_parser(), argv)
     from attention_influence.loading import (context_length, load_config, load_model, model_revision, pick_device,
                                              resolve_dtype)
-    from attention_influence.retrieval import build_samples, heads_document, retrieval_scores, select_heads
+    from attention_influence.retrieval import (RANDOM_DRAWS, build_samples, heads_document, masking_accuracies,
+                                               retrieval_scores, select_heads)
 
     for flag in ("model", "output", "heads_out"):
         if not getattr(args, flag):
@@ -78,15 +111,27 @@ def main(argv=None):
     context_tokens = min(args.context_tokens, context_length(config, cap=1 << 30))
 
     started = time.time()
-    samples = build_samples(tokenizer, args.samples, context_tokens, seed=args.seed)
-    result = retrieval_scores(model, tokenizer, samples)
-    heads = select_heads(result.scores, args.top_fraction)
+    try:
+        samples = build_samples(tokenizer, args.samples, context_tokens, seed=args.seed)
+        result = retrieval_scores(model, tokenizer, samples, decoding=args.decoding,
+                                  progress=Progress("detect", len(samples)))
+        heads = select_heads(result.scores, args.top_fraction)
+    except ValueError as exc:
+        raise as_flags(exc) from None
     print(f"scored {result.scores.size} heads on {len(samples)} prompts of <= {context_tokens} tokens "
           f"in {time.time() - started:.1f}s; the model copied {result.copied_tokens}/{result.answer_tokens} "
-          f"answer tokens", file=sys.stderr)
+          f"value tokens", file=sys.stderr)
+    started = time.time()
+    accuracies = masking_accuracies(model, tokenizer, samples, heads, masking=args.masking, seed=args.seed,
+                                    accuracy_full=result.accuracy,
+                                    progress=Progress("accuracy", len(samples) * (1 + RANDOM_DRAWS +
+                                                                                  (result.accuracy is None))))
+    print(f"task accuracies in {time.time() - started:.1f}s", file=sys.stderr)
 
     revision = model_revision(args.model, args.revision)
-    document = heads_document(args.model, revision, args.top_fraction, heads, result.scores)
+    document = heads_document(args.model, revision, args.top_fraction, heads, result.scores, **accuracies,
+                              samples=len(samples), context_tokens=context_tokens, masking=args.masking,
+                              decoding=args.decoding, seed=args.seed)
     heads_path = Path(args.heads_out)
     heads_path.parent.mkdir(parents=True, exist_ok=True)
     heads_path.write_text(json.dumps(document, indent=2) + "\n")
@@ -102,10 +147,16 @@ def main(argv=None):
     spark = get_spark("attention-influence-detect-heads")
     replace_table(spark.createDataFrame(rows, HEAD_SCORES_DDL), args.output,
                   {"attention_influence.model": args.model, "attention_influence.model_revision": revision,
-                   "attention_influence.top_fraction": str(args.top_fraction)})
+                   "attention_influence.top_fraction": str(args.top_fraction),
+                   "attention_influence.samples": str(len(samples)),
+                   "attention_influence.context_tokens": str(context_tokens)})
 
     print("selected heads (layer.head: retrieval score): " +
           ", ".join(f"{l}.{h}: {result.scores[l, h]:.3f}" for l, h in heads))
+    print(f"retrieval-task accuracy (exact value, greedy, {len(samples)} samples): "
+          f"full {accuracies['accuracy_full']:.3f}, {len(heads)} selected heads masked "
+          f"{accuracies['accuracy_masked']:.3f}, {len(heads)} random heads masked "
+          f"{accuracies['accuracy_random_masked']:.3f} (mean of {RANDOM_DRAWS} draws; masking {args.masking})")
     print(f"wrote {args.output}, {heads_path}, {plot_path}")
     return 0
 
