@@ -18,7 +18,7 @@ import argparse
 import hashlib
 import time
 
-from spark_jobs.common import (JobError, create_table, delta_table, dumps, first_line, get_spark, new_parser,
+from spark_jobs.common import (JobError, check_table_name, create_table, delta_table, dumps, first_line, get_spark, new_parser,
                                parse_flags, positive_int, quote_identifier, read_table, replace_table, run,
                                set_table_properties, table_exists, table_properties)
 
@@ -89,15 +89,20 @@ def check_input(df, args) -> list[str]:
         unknown = [c for c in carry if c not in df.columns]
         if unknown:
             raise JobError(f"--carry-cols names missing column(s): {', '.join(unknown)}")
+    backticked = [c for c in carry if "`" in c]
+    if backticked:  # PySpark's mapInPandas parses column names: a backtick cannot be addressed
+        raise JobError(f"column name(s) with a backtick cannot be scored: {', '.join(backticked)}; "
+                       f"rename them or leave them out with --carry-cols")
     clash = [c for c in carry if c in {"n_tokens", "loss_full", "loss_masked", "attention_influence", "status",
                                        "error", "scorer", "scored_at", "token_loss_full", "token_loss_masked"}]
     if clash:
         raise JobError(f"input column(s) {', '.join(clash)} clash with score columns; drop or rename them")
-    problems = (df.groupBy(args.id_col).count().where(F.col("count") > 1).limit(3).collect())
+    id_col = F.col(quote_identifier(args.id_col))  # names from flags are always quoted
+    problems = (df.groupBy(id_col).count().where(F.col("count") > 1).limit(3).collect())
     if problems:
         examples = ", ".join(repr(r[0]) for r in problems)
         raise JobError(f"input has duplicate ids in column {args.id_col} (e.g. {examples}); ids must be unique")
-    if df.where(F.col(args.id_col).isNull()).limit(1).count():
+    if df.where(id_col.isNull()).limit(1).count():
         raise JobError(f"input has null ids in column {args.id_col}")
     return carry
 
@@ -214,6 +219,7 @@ def _main(argv=None):
     for flag in ("input", "output", "model", "heads"):
         if not getattr(args, flag):
             raise JobError(f"--{flag} is required")
+    check_table_name(args.input), check_table_name(args.output)  # before Spark starts
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -234,8 +240,9 @@ def _main(argv=None):
         done = read_table(spark, args.output).where(F.col("scorer") == fingerprint)
         if args.retry_errors:
             done = done.where(F.col("status") != "error")
-        done = done.select(args.id_col)
-        todo = documents.join(done, on=args.id_col, how="left_anti")
+        id_col = quote_identifier(args.id_col)
+        done = done.select(F.col(id_col).alias("done_id"))
+        todo = documents.join(done, F.col(id_col) == F.col("done_id"), how="left_anti")
     if args.partitions:
         todo = todo.repartition(args.partitions)
 

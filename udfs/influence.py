@@ -214,8 +214,9 @@ def score_documents(documents, settings: ScoringSettings):
     from pyspark.sql import functions as F
 
     text_type = documents.schema[settings.text_col].dataType.simpleString()
-    as_bytes = documents.withColumn(settings.text_col, F.col(settings.text_col).cast("binary"))
+    text = F.col("`" + settings.text_col.replace("`", "``") + "`")  # a name, never parsed
+    as_bytes = documents.withColumn(settings.text_col, text.cast("binary"))
     scored = as_bytes.mapInPandas(make_score_partition(settings), settings.output_ddl(as_bytes.schema))
     if settings.text_col in settings.carry_cols:
-        scored = scored.withColumn(settings.text_col, F.col(settings.text_col).cast(text_type))
+        scored = scored.withColumn(settings.text_col, text.cast(text_type))
     return scored
