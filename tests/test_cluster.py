@@ -68,6 +68,7 @@ class Cluster:
                         CLUSTER_UI_PORT=str(_free_port_run(18080, 3)))
         self.master = f"spark://127.0.0.1:{port}"
         self.zip = package(root / "attention_influence_jobs.zip")
+        self.processes: list[subprocess.Popen] = []
 
     def script(self, action: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(REPO / "scripts" / "cluster.sh"), action], env=self.env, capture_output=True,
@@ -92,6 +93,7 @@ class Cluster:
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True, text=True)
         process.log = log
+        self.processes.append(process)
         return process
 
     def run(self, job_args, fault=None, conf=None, timeout=1200):
@@ -144,6 +146,9 @@ def cluster(tmp_path_factory):
         assert again.returncode != 0 and "already running" in again.stderr
         yield cl
     finally:
+        for process in cl.processes:  # a driver a failed test left running
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
         stopped = cl.script("stop")
         assert "stopped" in stopped.stdout
         for role in ("master", "worker1", "worker2"):
