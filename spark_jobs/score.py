@@ -18,8 +18,8 @@ import argparse
 import hashlib
 import time
 
-from spark_jobs.common import (JobError, check_table_name, create_table, delta_table, dumps, first_line, get_spark, new_parser,
-                               parse_flags, positive_int, quote_identifier, read_table, replace_table, run,
+from spark_jobs.common import (JobError, check_table_name, create_table, delta_table, dumps, first_line, get_spark,
+                               new_parser, parse_flags, positive_int, quote_identifier, read_table, replace_table, run,
                                set_table_properties, table_exists, table_properties)
 
 MASKING = "zero-head-output-before-attention-output-projection"
