@@ -91,7 +91,8 @@ def check_untrusted_model(name_or_path: str, trust_remote_code: bool = False,
     if not allow_pickle_weights and not any(path.glob("*.safetensors")) and not any(path.glob("*.gguf")):
         pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
         if pickles:
-            raise ModelLoadError(f"model '{name_or_path}' has only pickle weights ({', '.join(pickles[:3])}), which can "
+            named = ", ".join(pickles[:3])
+            raise ModelLoadError(f"model '{name_or_path}' has only pickle weights ({named}), which can "
                                  f"run code when loaded; convert them to safetensors or pass --allow-pickle-weights")
 
 

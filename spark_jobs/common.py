@@ -102,7 +102,8 @@ def _checked_settings(parser: argparse.ArgumentParser, settings: dict) -> dict:
         if not boolean:
             value = str(value)
             if action.choices is not None and value not in action.choices:
-                raise JobError(f"setting {key} must be one of {', '.join(map(str, action.choices))}, got {value[:60]!r}")
+                choices = ", ".join(map(str, action.choices))
+                raise JobError(f"setting {key} must be one of {choices}, got {value[:60]!r}")
         checked[key] = value
     return checked
 

@@ -179,7 +179,8 @@ def write_scores_with_retries(spark, scored, args, output_exists: bool, properti
             reason = first_line(exc)[:200]
             if attempt == attempts:
                 raise CommitConflict(f"{args.output}: concurrent writers conflicted {attempts} times "
-                                     f"(last: {reason}); nothing of this run was committed, rerun to complete") from None
+                                     f"(last: {reason}); nothing of this run was committed, rerun to complete"
+                                     ) from None
             print(f"commit conflict on {args.output} (attempt {attempt}/{attempts}: {reason}); "
                   f"re-reading the table and retrying", file=sys.stderr, flush=True)
             time.sleep(random.uniform(0.5, 2.0) * attempt)
