@@ -208,7 +208,7 @@ def test_scores_with_one_gpu_per_task(cluster, docs, spark, tmp_path):
 def test_lost_executor_is_rescheduled(cluster, docs, spark, tmp_path):
     """kill -9 of worker 1's executor JVM while scoring tasks run: the job finishes, each id once."""
     output = tmp_path / "scored"
-    process = cluster.submit(job(docs, output, "--partitions", 12), fault="sleep:2")
+    process = cluster.submit(job(docs, output, "--partitions", 12), fault="sleep:4")
     app_id = wait_for(lambda: re.search(r"app ID (app-\d+-\d+)", process.log.read_text()), 600, "the app")[1]
     wait_for(lambda: any(r["worker"] == "work1" for r in cluster.task_records(app_id)), 600, "a task on worker 1")
     executor_dir = next(cluster.dir.glob(f"work1/{app_id}/*"))
@@ -271,7 +271,9 @@ def test_driver_killed_mid_job_commits_nothing(cluster, docs, spark, tmp_path):
     assert run_job(score, job(docs, output, input_path=half))[0] == 0  # local Spark, same scorer
     version = spark.sql(f"DESCRIBE HISTORY delta.`{output}`").count()
 
-    process = cluster.submit(job(docs, output, "--partitions", 12), fault="sleep:2")
+    # Scoring tasks hang (sleep 300 s each), so the driver is surely killed before any commit, even
+    # when the executor log reaches the test late.
+    process = cluster.submit(job(docs, output, "--partitions", 12), fault="sleep:300")
     app_id = wait_for(lambda: re.search(r"app ID (app-\d+-\d+)", process.log.read_text()), 600, "the app")[1]
     wait_for(lambda: cluster.task_records(app_id), 600, "a scoring task")
     os.killpg(process.pid, signal.SIGKILL)  # the driver: spark-submit's JVM and its Python
