@@ -28,7 +28,7 @@ SHELL := /bin/bash
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install model demo test bench bench-gpu fixture package clean sql register
+.PHONY: install model demo test bench bench-gpu fixture package clean sql register cluster-start cluster-stop test-cluster
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,18 @@ package: install
 	mkdir -p dist
 	cd $(CURDIR) && $(PY) -c "import zipfile, pathlib; z = zipfile.ZipFile('dist/attention_influence_jobs.zip', 'w'); [z.write(p) for d in ('attention_influence', 'udfs', 'spark_jobs') for p in sorted(pathlib.Path(d).rglob('*')) if '__pycache__' not in p.parts]"
 	@echo "dist/attention_influence_jobs.zip"
+
+# A local Spark standalone cluster (master 127.0.0.1:7077, two workers with one placeholder GPU each)
+# for conf/spark/standalone.conf; see the README's "Cluster" section.
+cluster-start: install
+	PY=$(PY) scripts/cluster.sh start
+
+cluster-stop:
+	PY=$(PY) scripts/cluster.sh stop
+
+# The cluster and fault tests alone (make test runs them too); they start and stop their own cluster.
+test-cluster: install
+	$(PY) -m pytest -ra tests/test_cluster.py tests/test_security.py
 
 clean:
 	rm -rf $(OUT) bench-output spark-warehouse metastore_db derby.log

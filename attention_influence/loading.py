@@ -95,6 +95,37 @@ def _load_gguf_config(path: str):
     return copy.deepcopy(_gguf_config(str(file.parent), file.name, stat.st_size, stat.st_mtime_ns))
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_untrusted_model(name_or_path: str, trust_remote_code: bool = False,
+                          allow_pickle_weights: bool = False) -> None:
+    """Refuse, before anything is loaded, a local checkpoint that would run code of its own:
+    Python files named by `auto_map` in config.json (without `trust_remote_code`), or weights
+    only in pickle files (`torch.load` can execute code; without `allow_pickle_weights`).
+    Hub ids are held to the same rule by `load_model` (`trust_remote_code`, `use_safetensors`)."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return
+    config_file = path / "config.json"
+    if not trust_remote_code and config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            auto_map, model_type = config.get("auto_map"), config.get("model_type")
+        except (ValueError, AttributeError, OSError):
+            auto_map = model_type = None  # load_config reports a broken config.json
+        # A supported model_type loads with transformers' own classes, whatever auto_map says.
+        if auto_map and model_type not in FAMILIES:
+            raise ModelLoadError(f"model '{name_or_path}' needs its own Python code (auto_map in config.json); "
+                                 f"refused without --trust-remote-code")
+    if not allow_pickle_weights and not any(path.glob("*.safetensors")) and not any(path.glob("*.gguf")):
+        pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+        if pickles:
+            named = ", ".join(pickles[:3])
+            raise ModelLoadError(f"model '{name_or_path}' has only pickle weights ({named}), which can "
+                                 f"run code when loaded; convert them to safetensors or pass --allow-pickle-weights")
+
+
 def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
@@ -102,6 +133,7 @@ def load_config(name_or_path: str, revision: str | None = None, trust_remote_cod
         raise ModelLoadError(f"GGUF file does not exist: {name_or_path}")
     if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
         raise ModelLoadError(f"model path does not exist: {name_or_path}")
+    check_untrusted_model(name_or_path, trust_remote_code, allow_pickle_weights=True)
     try:
         if is_gguf(name_or_path):
             config = _load_gguf_config(name_or_path)
@@ -132,7 +164,7 @@ def default_attention(device: torch.device | str, dtype: str) -> str:
 
 def load_model(name_or_path: str, dtype: str = "float32", device: torch.device | str = "cpu",
                attn_implementation: str | None = None, revision: str | None = None,
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, allow_pickle_weights: bool = False):
     """(model in eval mode on `device`, tokenizer). `dtype` must already be resolved.
 
     Scoring never needs attention weights, so the default is the fastest
@@ -141,6 +173,7 @@ def load_model(name_or_path: str, dtype: str = "float32", device: torch.device |
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     load_config(name_or_path, revision, trust_remote_code)
+    check_untrusted_model(name_or_path, trust_remote_code, allow_pickle_weights)
     attn_implementation = attn_implementation or default_attention(device, dtype)
     try:
         source, gguf = _pretrained_source(name_or_path)  # a .gguf file: its folder + gguf_file=name
@@ -154,7 +187,8 @@ def load_model(name_or_path: str, dtype: str = "float32", device: torch.device |
             dtype=DTYPES[dtype],
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
-            use_safetensors=None,
+            # Without --allow-pickle-weights only safetensors are read (a hub id never falls back to .bin).
+            use_safetensors=None if allow_pickle_weights else True,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load model '{name_or_path}': {_first_line(exc)}") from None

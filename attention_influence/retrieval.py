@@ -21,6 +21,7 @@ greedy decoding) is measured separately, with and without heads masked.
 from __future__ import annotations
 
 import json
+import os
 import math
 import random
 import re
@@ -436,16 +437,22 @@ def heads_document(model_name: str, revision: str | None, top_fraction: float,
     }
 
 
+MAX_HEADS_FILE_BYTES = 16 << 20  # a heads JSON of a 100-layer x 100-head model is well under 1 MB
+
+
 def load_heads(path: str) -> list[tuple[int, int]]:
     """Read the heads JSON; a clear error for anything malformed."""
     try:
+        if os.path.getsize(path) > MAX_HEADS_FILE_BYTES:
+            raise ValueError(f"{os.path.getsize(path)} bytes, more than the {MAX_HEADS_FILE_BYTES} allowed")
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
         heads = [(int(l), int(h)) for l, h in doc["heads"]]
     except FileNotFoundError:
         raise ValueError(f"heads file not found: {path}") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"heads file {path} is not a heads JSON ({exc.__class__.__name__}: {exc})") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError, RecursionError, OSError) as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc).strip() else ""
+        raise ValueError(f"heads file {path} is not a heads JSON ({exc.__class__.__name__}: {detail})") from None
     return sorted(set(heads))
 
 

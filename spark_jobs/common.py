@@ -44,20 +44,68 @@ def parse_flags(job: str, parser: argparse.ArgumentParser, argv: list[str] | Non
     unknown = sorted(set(defaults) - known)
     if unknown:
         raise JobError(f"unknown setting(s) in configuration: {', '.join(unknown)}")
-    parser.set_defaults(**defaults)
+    parser.set_defaults(**_checked_settings(parser, defaults))
     return parser.parse_args(argv)
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.exists():
-        raise JobError(f"configuration file not found: {path}")
+MAX_CONFIG_BYTES = 1 << 20  # job settings and Spark profiles are a few lines; anything bigger is a mistake
+
+
+def read_small_text(path: Path, what: str) -> str:
+    """A small UTF-8 text file, or a one-line JobError (missing, a directory, too big, not text)."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise JobError(f"{what} {path} is {size} bytes, more than the {MAX_CONFIG_BYTES} allowed")
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError:
+        raise JobError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise JobError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    text = read_small_text(path, "configuration file")
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise JobError(f"configuration file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise JobError(f"configuration file {path} is nested too deeply") from None
     if not isinstance(data, dict):
         raise JobError(f"configuration file {path} must hold a mapping of settings")
+    if not all(isinstance(key, str) for key in data):
+        raise JobError(f"configuration file {path} has a setting whose name is not text")
     return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def _checked_settings(parser: argparse.ArgumentParser, settings: dict) -> dict:
+    """Settings from files, shaped like flags: one value each, of the flag's kind.
+
+    argparse converts string defaults with the flag's `type` (a bad one ends in its one-line
+    error); everything else is checked here, so a list or a mapping in the wrong place is
+    refused before it reaches the job.
+    """
+    actions = {action.dest: action for action in parser._actions}
+    checked = {}
+    for key, value in settings.items():
+        action = actions[key]
+        if value is None:
+            checked[key] = None
+            continue
+        boolean = action.nargs == 0  # store_true / BooleanOptionalAction
+        if boolean != isinstance(value, bool) or isinstance(value, (list, dict)):
+            kind = "true or false" if boolean else "a single value"
+            raise JobError(f"setting {key} must be {kind}, got {type(value).__name__} {str(value)[:60]!r}")
+        if not boolean:
+            value = str(value)
+            if action.choices is not None and value not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                raise JobError(f"setting {key} must be one of {choices}, got {value[:60]!r}")
+        checked[key] = value
+    return checked
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,13 +136,14 @@ def positive_int(text: str) -> int:
 def read_properties(path: Path) -> dict[str, str]:
     """A Spark properties file (`key value` or `key=value` lines, # comments)."""
     props = {}
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(read_small_text(path, "Spark properties file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith(("#", "!")):
             continue
         match = re.match(r"([^\s=:]+)\s*[\s=:]\s*(.*)$", line)
-        if match:
-            props[match.group(1)] = match.group(2).strip()
+        if not match:
+            raise JobError(f"Spark properties file {path}, line {number}: expected 'key value', got {line[:60]!r}")
+        props[match.group(1)] = match.group(2).strip()
     return props
 
 
@@ -253,9 +302,23 @@ def is_path(ref: str) -> bool:
     return "/" in ref
 
 
+# A catalog table name: one to three dot-separated parts, each plain ([A-Za-z0-9_]) or backquoted
+# (a doubled backquote inside). Anything else (a space, a semicolon, a stray backquote) is refused
+# before the name reaches Spark, so a flag can never add SQL to a statement.
+_NAME_PART = r"(?:[A-Za-z0-9_]+|`(?:[^`]|``)+`)"
+TABLE_NAME = re.compile(rf"{_NAME_PART}(?:\.{_NAME_PART}){{0,2}}")
+
+
+def check_table_name(ref: str) -> str:
+    if not is_path(ref) and not TABLE_NAME.fullmatch(ref):
+        raise JobError(f"not a valid table name: {ref[:80]!r} (use db.table, `quoted` parts, or a path with '/')")
+    return ref
+
+
 def table_exists(spark, ref: str) -> bool:
     from delta.tables import DeltaTable
 
+    check_table_name(ref)
     if is_path(ref):
         return DeltaTable.isDeltaTable(spark, ref)
     return spark.catalog.tableExists(ref)
@@ -271,6 +334,14 @@ def delta_table(spark, ref: str):
     from delta.tables import DeltaTable
 
     return DeltaTable.forPath(spark, ref) if is_path(ref) else DeltaTable.forName(spark, ref)
+
+
+def create_table(df, ref: str, properties: dict[str, str] | None = None) -> None:
+    """Create a Delta table (one commit); fails if another writer created it first."""
+    writer = df.writeTo(_v2_name(ref)).using("delta")
+    for key, value in (properties or {}).items():
+        writer = writer.tableProperty(key, value)
+    writer.create()
 
 
 def replace_table(df, ref: str, properties: dict[str, str] | None = None) -> None:
@@ -289,7 +360,7 @@ def quote_identifier(name: str) -> str:
 def _v2_name(ref: str) -> str:
     if is_path(ref):
         return "delta.`" + os.path.abspath(ref).replace("`", "``") + "`"
-    return ref
+    return check_table_name(ref)
 
 
 def _sql_string(value: str) -> str:

@@ -18,9 +18,9 @@ import argparse
 import hashlib
 import time
 
-from spark_jobs.common import (JobError, delta_table, dumps, get_spark, new_parser, parse_flags, positive_int,
-                               quote_identifier, read_table, replace_table, run, set_table_properties, table_exists,
-                               table_properties)
+from spark_jobs.common import (JobError, check_table_name, create_table, delta_table, dumps, first_line, get_spark,
+                               new_parser, parse_flags, positive_int, quote_identifier, read_table, replace_table, run,
+                               set_table_properties, table_exists, table_properties)
 from spark_jobs.progress import Progress
 
 PROPERTY_PREFIX = "attention_influence."
@@ -52,6 +52,14 @@ def build_parser():
     p.add_argument("--max-chars", type=positive_int, help="longer documents get status 'error'")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be scored (documents, estimated tokens, partitions, scorer); write nothing")
+    p.add_argument("--retry-errors", action=argparse.BooleanOptionalAction,
+                   help="incremental: also rescore rows whose status is 'error' for the current scorer")
+    p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction,
+                   help="allow a model that needs its own Python code (runs that code on every executor)")
+    p.add_argument("--allow-pickle-weights", action=argparse.BooleanOptionalAction,
+                   help="allow pickle weights (pytorch_model.bin), which can run code when loaded")
+    p.add_argument("--commit-attempts", type=positive_int,
+                   help="attempts of the final Delta commit when concurrent writers conflict")
     return p
 
 
@@ -126,26 +134,32 @@ def check_input(df, args) -> list[str]:
         unknown = [c for c in carry if c not in df.columns]
         if unknown:
             raise JobError(f"--carry-cols names missing column(s): {', '.join(unknown)}")
+    backticked = [c for c in carry if "`" in c]
+    if backticked:  # PySpark's mapInPandas parses column names: a backtick cannot be addressed
+        raise JobError(f"column name(s) with a backtick cannot be scored: {', '.join(backticked)}; "
+                       f"rename them or leave them out with --carry-cols")
     clash = [c for c in carry if c in {"n_tokens", "loss_full", "loss_masked", "attention_influence", "status",
                                        "error", "scorer", "scored_at", "token_loss_full", "token_loss_masked"}]
     if clash:
         raise JobError(f"input column(s) {', '.join(clash)} clash with score columns; drop or rename them")
-    problems = (df.groupBy(args.id_col).count().where(F.col("count") > 1).limit(3).collect())
+    id_col = F.col(quote_identifier(args.id_col))  # names from flags are always quoted
+    problems = (df.groupBy(id_col).count().where(F.col("count") > 1).limit(3).collect())
     if problems:
         examples = ", ".join(repr(r[0]) for r in problems)
         raise JobError(f"input has duplicate ids in column {args.id_col} (e.g. {examples}); ids must be unique")
-    if df.where(F.col(args.id_col).isNull()).limit(1).count():
+    if df.where(id_col.isNull()).limit(1).count():
         raise JobError(f"input has null ids in column {args.id_col}")
     return carry
 
 
 def check_model_and_heads(args):
     """(heads, max_seq_len): model config and heads checked before Spark starts or a task runs."""
-    from attention_influence.loading import context_length, load_config
+    from attention_influence.loading import check_untrusted_model, context_length, load_config
     from attention_influence.retrieval import load_heads
 
     heads = load_heads(args.heads)
-    config = load_config(args.model, args.revision)
+    check_untrusted_model(args.model, bool(args.trust_remote_code), bool(args.allow_pickle_weights))
+    config = load_config(args.model, args.revision, bool(args.trust_remote_code))
     n_layers, n_heads = config.num_hidden_layers, config.num_attention_heads
     bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
     if bad:
@@ -157,23 +171,101 @@ def write_scores(spark, scored, args, output_exists: bool, properties: dict) -> 
     """Overwrite: one atomic replace. Incremental: one MERGE (new ids inserted, stale scorers replaced)."""
     from pyspark.sql import functions as F
 
-    if args.mode == "overwrite" or not output_exists:
+    if args.mode == "overwrite":
         replace_table(scored, args.output, properties)
         return
+    if not output_exists:  # create, never replace: a concurrent writer's table is merged into on retry
+        create_table(scored, args.output, properties)
+        return
     same_id = F.col("t." + quote_identifier(args.id_col)) == F.col("s." + quote_identifier(args.id_col))
+    stale = "t.scorer <> s.scorer" + (" OR t.status = 'error'" if args.retry_errors else "")
     (delta_table(spark, args.output).alias("t").merge(scored.alias("s"), same_id)
-     .whenMatchedUpdateAll(condition="t.scorer <> s.scorer")
+     .whenMatchedUpdateAll(condition=stale)
      .whenNotMatchedInsertAll()
      .execute())
     if table_properties(spark, args.output).get(PROPERTY_PREFIX + "scorer") != properties[PROPERTY_PREFIX + "scorer"]:
         set_table_properties(spark, args.output, properties)
 
 
+COMMIT_CONFLICT_EXIT = 3
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+              "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+              "ProtocolChangedException", "DELTA_CONCURRENT_", "TABLE_OR_VIEW_ALREADY_EXISTS",
+              "FileAlreadyExistsException")
+
+
+class CommitConflict(Exception):
+    """Concurrent writers kept winning: one line on stderr and exit code 3, so that a rerun completes."""
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """Delta's optimistic concurrency lost a race (or another writer created the table first)."""
+    text = type(exc).__name__ + " " + str(exc)[:2000]
+    return any(name in text for name in _CONFLICTS)
+
+
+def write_scores_with_retries(spark, scored, args, output_exists: bool, properties: dict) -> None:
+    """`write_scores`, again when a concurrent writer's commit conflicts with ours.
+
+    The scores are computed (cached); each attempt re-reads the table: the MERGE leaves rows
+    the other writer already scored with this scorer, inserts the rest. So every id ends up
+    once and no row is lost; after `--commit-attempts` lost races the job gives up (exit 3).
+    """
+    import random
+
+    attempts = args.commit_attempts or 5
+    for attempt in range(1, attempts + 1):
+        try:
+            write_scores(spark, scored, args, output_exists, properties)
+            return
+        except Exception as exc:  # noqa: BLE001 - only conflicts are retried
+            if not is_commit_conflict(exc):
+                raise
+            reason = first_line(exc)[:200]
+            if attempt == attempts:
+                raise CommitConflict(f"{args.output}: concurrent writers conflicted {attempts} times "
+                                     f"(last: {reason}); nothing of this run was committed, rerun to complete"
+                                     ) from None
+            print(f"commit conflict on {args.output} (attempt {attempt}/{attempts}: {reason}); "
+                  f"re-reading the table and retrying", file=sys.stderr, flush=True)
+            time.sleep(random.uniform(0.5, 2.0) * attempt)
+            output_exists = args.mode == "incremental" and table_exists(spark, args.output)
+
+
+def stage_failure_reason(exc: BaseException) -> str | None:
+    """One line for a job Spark aborted after a task failed `spark.task.maxFailures` times."""
+    import re
+
+    match = re.search(r"Task (\d+) in stage ([\d.]+) failed (\d+) times?, most recent failure: (.*)", str(exc))
+    if not match:
+        return None
+    cause = re.sub(r"^Lost task \S+ in stage \S+ \([^)]*\) \([^)]*\): ", "", match.group(4).strip())
+    return (f"scoring task for partition {match.group(1)} (stage {match.group(2)}) failed {match.group(3)} times; "
+            f"the job was aborted and nothing was committed: {cause[:300]}")
+
+
 def main(argv=None):
+    """The job; a commit lost to concurrent writers exits 3, a task that failed every retry exits 1,
+    each with one line on stderr."""
+    try:
+        return _main(argv)
+    except CommitConflict as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return COMMIT_CONFLICT_EXIT
+    except Exception as exc:  # noqa: BLE001 - anything else goes on to run()
+        reason = stage_failure_reason(exc)
+        if reason is None:
+            raise
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
+
+
+def _main(argv=None):
     args = parse_flags("score", build_parser(), argv)
     for flag in ("input", "output", "model", "heads"):
         if not getattr(args, flag):
             raise JobError(f"--{flag} is required")
+    check_table_name(args.input), check_table_name(args.output)  # before Spark starts
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -194,8 +286,12 @@ def main(argv=None):
     output_exists = table_exists(spark, args.output)
     todo = documents
     if args.mode == "incremental" and output_exists:
-        done = read_table(spark, args.output).where(F.col("scorer") == fingerprint).select(args.id_col)
-        todo = documents.join(done, on=args.id_col, how="left_anti")
+        done = read_table(spark, args.output).where(F.col("scorer") == fingerprint)
+        if args.retry_errors:
+            done = done.where(F.col("status") != "error")
+        id_col = quote_identifier(args.id_col)
+        done = done.select(F.col(id_col).alias("done_id"))
+        todo = documents.join(done, F.col(id_col) == F.col("done_id"), how="left_anti")
     to_score = todo.count()
     partitions = args.partitions or default_partitions(spark, to_score)
     if args.dry_run:
@@ -207,7 +303,9 @@ def main(argv=None):
     settings = ScoringSettings(model=args.model, heads=tuple(heads), max_seq_len=max_seq_len, dtype=dtype,
                                text_col=args.text_col, carry_cols=tuple(carry), batch_tokens=args.batch_tokens,
                                token_losses=bool(args.token_losses), fused=bool(args.fused),
-                               max_chars=args.max_chars, revision=args.revision, masking=args.masking)
+                               max_chars=args.max_chars, revision=args.revision, masking=args.masking,
+                               trust_remote_code=bool(args.trust_remote_code),
+                               allow_pickle_weights=bool(args.allow_pickle_weights))
     scored = (score_documents(todo, settings, progress.counters)
               .withColumn("scorer", F.lit(fingerprint))
               .withColumn("scored_at", F.current_timestamp()))
@@ -225,7 +323,7 @@ def main(argv=None):
     if by_status or args.mode == "overwrite" or not output_exists:  # a rerun with nothing new writes nothing
         properties = {PROPERTY_PREFIX + "scorer": fingerprint, PROPERTY_PREFIX + "scorer_config": dumps(readable),
                       PROPERTY_PREFIX + "id_col": args.id_col, PROPERTY_PREFIX + "domain_col": args.domain_col}
-        write_scores(spark, scored, args, output_exists, properties)
+        write_scores_with_retries(spark, scored, args, output_exists, properties)
     scored.unpersist()
 
     tokens = sum(r["tokens"] or 0 for r in stats if r["status"] == "ok")

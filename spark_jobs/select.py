@@ -16,8 +16,8 @@ sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath
 import argparse
 from pathlib import Path
 
-from spark_jobs.common import (JobError, fraction, get_spark, new_parser, parse_flags, positive_int, read_table,
-                               replace_table, run, table_exists, table_properties)
+from spark_jobs.common import (JobError, fraction, get_spark, new_parser, parse_flags, positive_int, quote_identifier,
+                               read_table, replace_table, run, table_exists, table_properties)
 
 SELECT_TOP_SQL = Path(__file__).with_name("sql") / "select_top.sql"
 
@@ -46,8 +46,8 @@ def select_top(spark, scored, args):
         missing.append(args.id_col)
     if missing:
         raise JobError(f"input {args.input} is not a scored table: no column(s) {', '.join(missing)}")
-    domain = F.col(args.domain_col) if args.domain_col in scored.columns else F.lit(None)
-    source = (scored.withColumn("selection_id", F.col(args.id_col).cast("string"))
+    domain = F.col(quote_identifier(args.domain_col)) if args.domain_col in scored.columns else F.lit(None)
+    source = (scored.withColumn("selection_id", F.col(quote_identifier(args.id_col)).cast("string"))
               .withColumn("selection_domain", F.coalesce(domain.cast("string"), F.lit(""))))
     source.createOrReplaceTempView("candidates_source")
     # Delta's SQL parser drops named parameters on Spark >= 4.1 (delta-io/delta#7640) unless

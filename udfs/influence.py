@@ -8,6 +8,8 @@ Both losses come out of one function, so one process holds one model.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +44,8 @@ class ScoringSettings:
     max_chars: int = 1_000_000
     revision: str | None = None
     masking: str = "uniform"  # attention_influence.masking.MASKING_MODES; the core validates it
+    trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
 
     def output_ddl(self, input_schema) -> str:
         """DDL of the function's output: the carried input columns, then the score columns."""
@@ -78,7 +82,9 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
             context = TaskContext.get()
             torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
         started = time.time()
-        model, tokenizer = load_model(settings.model, dtype=settings.dtype, device=device, revision=settings.revision)
+        model, tokenizer = load_model(settings.model, dtype=settings.dtype, device=device, revision=settings.revision,
+                                      trust_remote_code=settings.trust_remote_code,
+                                      allow_pickle_weights=settings.allow_pickle_weights)
         _SCORERS[key] = Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
                                batch_tokens=settings.batch_tokens, fused=settings.fused,
                                token_losses=settings.token_losses, max_chars=settings.max_chars,
@@ -228,6 +234,76 @@ def _finish_alone(scorer, ready, doc_index: int):
         return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
 
 
+_CPU_FALLBACK_SAID = False
+
+
+def _record_task(gpu: str | None) -> None:
+    """One stderr line per scoring task (the executor's log): which GPU Spark handed it.
+
+    On a GPU cluster this is how to check the scheduling (the tests read it); a
+    GPU address without a CUDA device behind it (placeholder GPUs) means CPU
+    scoring, said once per Python worker.
+    """
+    global _CPU_FALLBACK_SAID
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return
+    gpus = context.resources().get("gpu")
+    addresses = list(gpus.addresses) if gpus is not None else []
+    print(f"[attention-influence] task stage={context.stageId()} partition={context.partitionId()} "
+          f"attempt={context.attemptNumber()} gpu_addresses={json.dumps(addresses)} pid={os.getpid()} "
+          f"code={__file__}", file=sys.stderr, flush=True)
+    if gpu is not None and not _CPU_FALLBACK_SAID:
+        from attention_influence.loading import resolve_device
+
+        if resolve_device(gpu).type == "cpu":
+            _CPU_FALLBACK_SAID = True
+            print(f"[attention-influence] GPU {gpu} assigned by Spark but CUDA is not available here: "
+                  f"scoring on the CPU (placeholder GPU)", file=sys.stderr, flush=True)
+
+
+TEST_FAULT_ENV = "ATTENTION_INFLUENCE_TEST_FAULT"
+
+
+def _inject_test_fault(texts=None) -> None:
+    """Fault injection for the cluster tests only; inert unless the executors' environment has
+    ATTENTION_INFLUENCE_TEST_FAULT (spark.executorEnv...), which no profile or job sets:
+      sleep:SECONDS           every task sleeps first (a job long enough to kill something mid-way)
+      exit-once:MARKER        the Python worker exits on the first attempt of a task holding a
+                              document that contains MARKER (at least 32 characters)
+      exit-always:MARKER      ... on every attempt
+    """
+    fault = os.environ.get(TEST_FAULT_ENV)
+    if not fault:
+        return
+    action, _, argument = fault.partition(":")
+    if action == "sleep" and texts is None:  # at the start of a task
+        time.sleep(float(argument))
+        return
+    if action not in ("exit-once", "exit-always") or len(argument) < 32 or texts is None:
+        return
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if action == "exit-once" and context is not None and context.attemptNumber() > 0:
+        return
+    marker = argument.encode()
+    if any(marker in (t.encode() if isinstance(t, str) else t) for t in texts if t is not None):
+        print(f"[attention-influence] test fault {action}: Python worker {os.getpid()} exits", file=sys.stderr,
+              flush=True)
+        os._exit(17)
+
+
+def _with_test_faults(frames: Iterator[pd.DataFrame], text_col: str) -> Iterator[pd.DataFrame]:
+    """`frames`, passing each through the cluster tests' fault hook first (inert unless its variable is set)."""
+    for frame in frames:
+        if len(frame):
+            _inject_test_fault(frame[text_col].tolist())
+        yield frame
+
+
 def make_score_partition(settings: ScoringSettings, counters=None):
     """The function to hand to `DataFrame.mapInPandas(fn, settings.output_ddl(schema))`.
 
@@ -236,7 +312,12 @@ def make_score_partition(settings: ScoringSettings, counters=None):
     """
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for scored in score_pooled(frames, settings, _assigned_gpu()):
+        gpu = _assigned_gpu()
+        _record_task(gpu)
+        if os.environ.get(TEST_FAULT_ENV):
+            _inject_test_fault()
+            frames = _with_test_faults(frames, settings.text_col)
+        for scored in score_pooled(frames, settings, gpu):
             if counters is not None:
                 counters[0].add(len(scored))
                 counters[1].add(int(scored["n_tokens"].fillna(0).sum()))
@@ -254,8 +335,9 @@ def score_documents(documents, settings: ScoringSettings, counters=None):
     from pyspark.sql import functions as F
 
     text_type = documents.schema[settings.text_col].dataType.simpleString()
-    as_bytes = documents.withColumn(settings.text_col, F.col(settings.text_col).cast("binary"))
+    text = F.col("`" + settings.text_col.replace("`", "``") + "`")  # a name, never parsed
+    as_bytes = documents.withColumn(settings.text_col, text.cast("binary"))
     scored = as_bytes.mapInPandas(make_score_partition(settings, counters), settings.output_ddl(as_bytes.schema))
     if settings.text_col in settings.carry_cols:
-        scored = scored.withColumn(settings.text_col, F.col(settings.text_col).cast(text_type))
+        scored = scored.withColumn(settings.text_col, text.cast(text_type))
     return scored
