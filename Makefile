@@ -14,7 +14,7 @@ MODEL  ?= $(REAL_MODEL)
 # model keeps the jobs' defaults (conf/*.yaml). Override any of these on the command line.
 ifeq ($(MODEL),$(REAL_MODEL))
 DEMO_CORPUS_FLAGS ?= --per-domain 110 --min-chars 400 --max-chars 1000
-DEMO_DETECT_FLAGS ?= --samples 16 --context-tokens 1024
+DEMO_DETECT_FLAGS ?= --samples 8 --context-tokens 1024
 DEMO_SCORE_FLAGS  ?= --partitions 2
 else
 # Detection defaults (conf/detect_heads.yaml) are the paper's 800 prompts of 4,096 tokens: far too long here.

@@ -90,7 +90,9 @@ def test_pooled_udf_path_gives_each_row_once_in_order_and_isolates_a_bad_documen
 
     import udfs.influence as influence
 
-    scorer = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=16, batch_tokens=64)
+    # zero-output: the independent reference below (real_score_alone) masks that way
+    scorer = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=16, batch_tokens=64,
+                    masking="zero-output")
     monkeypatch.setattr(influence, "get_scorer", lambda settings, gpu: scorer)
     real_run = Scorer._run
     poison = scorer.tokenize("poison")[0]
