@@ -15,7 +15,7 @@ MODEL  ?= $(REAL_MODEL)
 ifeq ($(MODEL),$(REAL_MODEL))
 DEMO_CORPUS_FLAGS ?= --per-domain 110 --min-chars 400 --max-chars 1000
 DEMO_DETECT_FLAGS ?= --samples 8 --context-tokens 1024
-DEMO_SCORE_FLAGS  ?= --partitions 2
+DEMO_SCORE_FLAGS  ?=
 else
 # Detection defaults (conf/detect_heads.yaml) are the paper's 800 prompts of 4,096 tokens: far too long here.
 DEMO_DETECT_FLAGS ?= --samples 32 --context-tokens 1024
