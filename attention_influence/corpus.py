@@ -17,7 +17,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -38,43 +38,35 @@ def _python_files(root: Path) -> list[Path]:
     return sorted(files)
 
 
+def _pack(pieces: Iterable[str], separator: str, max_chars: int) -> Iterator[str]:
+    """Consecutive pieces joined by `separator` into groups of at most about `max_chars` characters
+    (a piece longer than that is a group of its own)."""
+    group: list[str] = []
+    size = 0
+    for piece in pieces:
+        if size and size + len(piece) > max_chars:
+            yield separator.join(group)
+            group, size = [], 0
+        group.append(piece)
+        size += len(piece) + len(separator)
+    if group:
+        yield separator.join(group)
+
+
 def _cut_lines(block: str, max_chars: int) -> Iterator[str]:
     """A block of at most `max_chars` characters, or pieces of it cut at line ends (a longer line
     at `max_chars`)."""
     if len(block) <= max_chars:
         yield block
         return
-    lines: list[str] = []
-    size = 0
-    for line in block.split("\n"):
-        while len(line) > max_chars:
-            if lines:
-                yield "\n".join(lines)
-                lines, size = [], 0
-            yield line[:max_chars]
-            line = line[max_chars:]
-        if size and size + len(line) > max_chars:
-            yield "\n".join(lines)
-            lines, size = [], 0
-        lines.append(line)
-        size += len(line) + 1
-    if lines:
-        yield "\n".join(lines)
+    slices = (line[i:i + max_chars] for line in block.split("\n") for i in range(0, max(len(line), 1), max_chars))
+    yield from _pack(slices, "\n", max_chars)
 
 
 def _chunks(text: str, max_chars: int) -> Iterator[str]:
     """Split on blank lines into pieces of at most `max_chars` characters."""
-    piece: list[str] = []
-    size = 0
     blocks = (cut for block in text.split("\n\n") for cut in _cut_lines(block, max_chars))
-    for block in blocks:
-        if size and size + len(block) > max_chars:
-            yield "\n\n".join(piece)
-            piece, size = [], 0
-        piece.append(block)
-        size += len(block) + 2
-    if piece:
-        yield "\n\n".join(piece)
+    return _pack(blocks, "\n\n", max_chars)
 
 
 def _doc_id(domain: str, source: str, index: int) -> str:

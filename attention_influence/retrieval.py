@@ -114,16 +114,22 @@ def alphanumeric_key(rng: random.Random) -> str:
 
 # ------------------------------------------------------------------------------------------ the prompts
 
-def format_prompt(pairs: Sequence[tuple[str, str]], shots: Sequence[int], target: int) -> RetrievalSample:
-    """Instruction, the JSON object of `pairs`, the solved `shots`, then the open question on `target`."""
-    text = INSTRUCTION + "{"
+def _key_value_object(instruction: str, pairs: Sequence[tuple[str, str]], target: int) -> tuple[str, tuple[int, int]]:
+    """`instruction` and the JSON object of `pairs` (one per line ending), with the characters of
+    `target`'s value inside it (the needle)."""
+    text = instruction + "{"
     needle_span = (0, 0)
     for i, (key, value) in enumerate(pairs):
         text += (", " if i else "") + json.dumps(key) + ': "'
         if i == target:
             needle_span = (len(text), len(text) + len(value))
         text += value + '"'
-    text += "}\n"
+    return text + "}\n", needle_span
+
+
+def format_prompt(pairs: Sequence[tuple[str, str]], shots: Sequence[int], target: int) -> RetrievalSample:
+    """Instruction, the JSON object of `pairs`, the solved `shots`, then the open question on `target`."""
+    text, needle_span = _key_value_object(INSTRUCTION, pairs, target)
     for i in shots:
         text += f'{json.dumps(pairs[i][0])}: "{pairs[i][1]}"\n'
     key, value = pairs[target]
@@ -493,14 +499,7 @@ def build_sample(rng: random.Random, n_pairs: int = 12, n_shots: int = 3, value_
     order = list(range(n_pairs))
     rng.shuffle(order)
     shots, target = order[:n_shots], order[n_shots % n_pairs]
-    text = FIXTURE_INSTRUCTION + "{"
-    needle_span = (0, 0)
-    for i, (key, value) in enumerate(pairs):
-        text += f'{", " if i else ""}"{key}": "'
-        if i == target:
-            needle_span = (len(text), len(text) + len(value))
-        text += value + '"'
-    text += "}\n"
+    text, needle_span = _key_value_object(FIXTURE_INSTRUCTION, pairs, target)  # hex keys: json.dumps adds only quotes
     for i in shots:
         text += f'Key: "{pairs[i][0]}"\nValue: "{pairs[i][1]}"\n'
     text += f'Key: "{pairs[target][0]}"\nValue: "'
