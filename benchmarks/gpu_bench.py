@@ -48,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--masking", default=None, help="masking mode; default: the library's DEFAULT_MASKING")
     p.add_argument("--spark", default="auto", choices=["auto", "off"], help="the Spark UDF measurement")
     p.add_argument("--spark-master", default=None, help="default local-cluster[1,<cores>,<MB>] (GPU), local[1] (smoke)")
-    p.add_argument("--compile", default="auto", choices=["auto", "off"], help="try torch.compile on the GPU")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="try torch.compile of the decoder layers (auto: on a GPU only)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new steps after this many seconds (default 450; 45 with --smoke)")
     return p.parse_args(argv)
@@ -329,31 +330,52 @@ def udf_function(model, tokenizer, texts, heads, max_seq_len, batch_tokens, devi
 
 
 def try_compile(model, tokenizer, texts, heads, max_seq_len, batch_tokens, device, kwargs, eager_tps, seconds):
-    """torch.compile of the decoder layers; kept only if it beats eager on the same texts."""
+    """torch.compile of the decoder layers; kept only if it scores the same as eager and beats it.
+
+    The masking is forward hooks on modules inside the layers. By default dynamo does not guard
+    on such hooks (`skip_nnmodule_hook_guards`), so a layer compiled on the full pass runs the
+    masked pass unmasked: masked loss == full loss (seen on the fixture model). The guards are
+    switched on here, and the losses are compared with eager before any timing counts.
+    """
     import torch
+    import torch._dynamo
 
     from attention_influence.losses import Scorer
     from attention_influence.masking import decoder_layers
 
+    check = texts[:4]
+    eager = Scorer(model, tokenizer, heads, max_seq_len, batch_tokens=batch_tokens, fused=True, **kwargs).score(check)
     layers = list(decoder_layers(model))
     originals = [layer.forward for layer in layers]
+    hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards
     try:
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
+        torch._dynamo.reset()
         for layer in layers:
             layer.forward = torch.compile(layer.forward, dynamic=True)
         scorer = Scorer(model, tokenizer, heads, max_seq_len, batch_tokens=batch_tokens, fused=True, **kwargs)
         t = time.perf_counter()
-        scorer.score(texts[:2])  # compile
+        compiled = scorer.score(check)  # compiles
         compile_s = time.perf_counter() - t
+        worst = max(max(abs(a.loss_full - b.loss_full) / a.loss_full, abs(a.loss_masked - b.loss_masked) / a.loss_masked)
+                    for a, b in zip(eager, compiled))
+        same = worst < 0.02  # bfloat16 kernels differ a little; a lost mask differs by the whole influence
+        out = {"compile_s": compile_s, "max_relative_loss_difference": worst, "same_losses_as_eager": same}
+        if not same:
+            return {**out, "kept": False, "skipped": "the compiled layers change the losses"}
         if compile_s > seconds:
-            return {"compile_s": compile_s, "skipped": "compiling took longer than the budget left"}
+            return {**out, "skipped": "compiling took longer than the budget left"}
+        measure(scorer, texts, device)  # the second run counts, as for eager
         result = measure(scorer, texts, device)
-        return {"compile_s": compile_s, "tokens_per_s": result["tokens_per_s"],
-                "speedup": result["tokens_per_s"] / eager_tps, "kept": result["tokens_per_s"] > eager_tps}
+        return {**out, "tokens_per_s": result["tokens_per_s"], "speedup": result["tokens_per_s"] / eager_tps,
+                "kept": result["tokens_per_s"] > eager_tps}
     except Exception as exc:  # noqa: BLE001 - compile support varies; eager stays
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     finally:
         for layer, forward in zip(layers, originals):
             layer.forward = forward
+        torch._dynamo.config.skip_nnmodule_hook_guards = hook_guards
+        torch._dynamo.reset()
 
 
 def bench_shape(name: str, args, device: str, dtype: str, fixture_tokenizer) -> dict:
@@ -434,7 +456,7 @@ def bench_shape(name: str, args, device: str, dtype: str, fixture_tokenizer) -> 
                                     seconds=min(30, left(args) / 4))
             result["plain_vs_naive"] = result["fused"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
             log(f"{name}: naive {result['naive']}")
-        if args.compile == "auto" and device.startswith("cuda") and enough(args, 120):
+        if (args.compile == "on" or (args.compile == "auto" and device.startswith("cuda"))) and enough(args, 120):
             result["compile"] = try_compile(model, tokenizer, texts, heads, max_seq_len, batch_tokens, device,
                                             kwargs, result["fused"]["tokens_per_s"], seconds=min(90, left(args) / 3))
             log(f"{name}: torch.compile {result['compile']}")
