@@ -82,7 +82,7 @@ fixture: install
 # The job's Python code as one archive for spark-submit --py-files.
 package: install
 	mkdir -p dist
-	cd $(CURDIR) && $(PY) -c "import zipfile, pathlib; z = zipfile.ZipFile('dist/attention_influence_jobs.zip', 'w'); [z.write(p) for d in ('attention_influence', 'udfs', 'spark_jobs') for p in sorted(pathlib.Path(d).rglob('*')) if '__pycache__' not in p.parts]"
+	cd $(CURDIR) && $(PY) -c "import zipfile, pathlib; z = zipfile.ZipFile('dist/attention_influence_jobs.zip', 'w'); [z.write(p) for d in ('attention_influence', 'demo', 'udfs', 'spark_jobs') for p in sorted(pathlib.Path(d).rglob('*')) if '__pycache__' not in p.parts]"
 	@echo "dist/attention_influence_jobs.zip"
 
 # A local Spark standalone cluster (master 127.0.0.1:7077, two workers with one placeholder GPU each)

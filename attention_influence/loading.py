@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from attention_influence.errors import first_line
 from attention_influence.masking import FAMILIES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,15 +26,16 @@ class ModelLoadError(ValueError):
     pass
 
 
-def resolve_device(gpu_address: str | None = None) -> torch.device:
-    """The GPU Spark assigned (by address), else the CPU."""
+def device_for_gpu_address(gpu_address: str | None = None) -> torch.device:
+    """The device of the GPU address Spark assigned to the task; the CPU without one (or without CUDA)."""
     if gpu_address is not None and torch.cuda.is_available():
         return torch.device(f"cuda:{int(gpu_address)}")
     return torch.device("cpu")
 
 
-def pick_device(name: str | None = "auto") -> str:
-    """`auto`: the first GPU when there is one, else the CPU; anything else as given."""
+def device_from_flag(name: str | None = "auto") -> str:
+    """The device a user asked for: `auto` is the first GPU when there is one, else the CPU; anything
+    else as given."""
     if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
@@ -47,17 +49,12 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> str:
             return "bfloat16"
         return "float32"
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be auto, float32 or bfloat16, got '{dtype}'")
+        raise ValueError(f"dtype must be auto, float32 or bfloat16, got '{dtype}'")
     return dtype
 
 
 def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def context_length(config, cap: int | None = None) -> int:
@@ -140,7 +137,7 @@ def load_config(name_or_path: str, revision: str | None = None, trust_remote_cod
         else:
             config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load model '{name_or_path}': {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line(exc)}") from None
     model_type = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False) or model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
@@ -191,7 +188,7 @@ def load_model(name_or_path: str, dtype: str = "float32", device: torch.device |
             use_safetensors=None if allow_pickle_weights else True,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load model '{name_or_path}': {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load model '{name_or_path}': {first_line(exc)}") from None
     # Documents longer than the context are cut into windows by the scorer, not truncated by the
     # tokenizer: silence its "sequence longer than model_max_length" warning.
     tokenizer.model_max_length = int(1e30)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_influence.masking import (DEFAULT_MASKING, Head, check_masking, check_masking_supported, decoder_layers,
-                                         mask_heads, validate_heads)
+                                         mask_checked_heads, validate_heads)
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 
@@ -146,7 +146,16 @@ def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: b
     """Per-token losses (rows, length-1) of the full and the masked model for a right-padded batch.
 
     Either masking mode touches only the masked layers, so the fused pass shares the layers below the
-    first of them."""
+    first of them. Checks `heads` and `masking` as `mask_heads` does; the scorer, which checked them
+    once, calls `_batch_losses`."""
+    if heads:
+        check_masking(masking)
+        check_masking_supported(model, masking)
+        heads = validate_heads(model, heads)
+    return _batch_losses(model, input_ids, heads, fused, masking)
+
+
+def _batch_losses(model, input_ids: torch.Tensor, heads: list[Head], fused: bool, masking: str):
     targets = input_ids[:, 1:]
     base = model.base_model
     if not heads:
@@ -156,12 +165,12 @@ def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: b
     if not fused:
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         full = _token_losses(model, hidden, targets)
-        with mask_heads(model, heads, mode=masking):
+        with mask_checked_heads(model, heads, mode=masking):
             hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         return full, _token_losses(model, hidden, targets)
     rows = input_ids.shape[0]
     masked_rows = torch.arange(2 * rows, device=input_ids.device) >= rows
-    with _FanOut(model, min(layer for layer, _ in heads)), mask_heads(model, heads, masked_rows, mode=masking):
+    with _FanOut(model, min(layer for layer, _ in heads)), mask_checked_heads(model, heads, masked_rows, masking):
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
     both = _token_losses(model, hidden, torch.cat([targets, targets]))
     return both[:rows], both[rows:]
@@ -280,6 +289,21 @@ class Scorer:
                 doc.token_loss_full, doc.token_loss_masked = full.float().tolist(), masked.float().tolist()
         return results
 
+    def finish_isolated(self, prepared: "PreparedTexts") -> list[DocScore]:
+        """`finish`, but if the call fails as a whole (anything but an out-of-memory, which
+        `window_losses` splits), each document is run alone from its windows: a document that
+        breaks the model becomes one `error` DocScore and the others are scored, in order."""
+        try:
+            return self.finish(prepared)
+        except Exception:  # noqa: BLE001 - isolate the culprit below
+            return [self._finish_alone(prepared, i) for i in range(len(prepared))]
+
+    def _finish_alone(self, prepared: "PreparedTexts", doc_index: int) -> DocScore:
+        try:
+            return self.finish(prepared.only(doc_index))[0]
+        except Exception as exc:  # noqa: BLE001 - recorded in the row, the caller goes on
+            return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
+
     @torch.inference_mode()
     def window_losses(self, windows: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(full, masked) per-token losses on the CPU for each window, in input order."""
@@ -321,5 +345,5 @@ class Scorer:
             ids[row, :len(windows[index])] = torch.tensor(windows[index])
         if device.type == "cuda":
             ids = ids.pin_memory().to(device, non_blocking=True)
-        full, masked = batch_losses(self.model, ids, self.heads, fused=self.fused, masking=self.masking)
+        full, masked = _batch_losses(self.model, ids, self.heads, self.fused, self.masking)
         return full.cpu(), masked.cpu()

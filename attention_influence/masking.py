@@ -161,10 +161,19 @@ def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tenso
 
     `masked_rows` (bool, one per batch row) limits masking to those rows, so a
     batch can hold full and masked copies of the same windows (the fused pass).
+    The entry for callers: `mode`, the model and `heads` are checked here.
     """
     check_masking(mode)
     check_masking_supported(model, mode)
-    heads = validate_heads(model, heads)
+    with mask_checked_heads(model, validate_heads(model, heads), masked_rows, mode):
+        yield
+
+
+@contextmanager
+def mask_checked_heads(model: nn.Module, heads: list[Head], masked_rows: torch.Tensor | None = None,
+                       mode: str = DEFAULT_MASKING) -> Iterator[None]:
+    """`mask_heads` without its checks, for a caller that made them once (the scorer masks every batch):
+    `heads` as `validate_heads` returns them, `mode` and the model as `check_masking_supported` accepts."""
     _, n_heads, head_dim = head_layout(model)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:

@@ -2,7 +2,7 @@
 
 The proxy task: a JSON object whose keys are random 32-character alphanumeric
 strings and whose values are real English sentences of at most 30 tokens (from
-the docstrings of the standard library, the corpus's `prose` domain), three
+the docstrings of the standard library, `attention_influence.prose`), three
 solved questions on other keys, then one key whose value the model must output.
 Prompt + answer fill the context (`context_tokens`) as far as whole pairs allow.
 
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from attention_influence.masking import DEFAULT_MASKING, attention_modules, head_layout, mask_heads
+from attention_influence.prose import prose_texts
 
 # Not the paper's verbatim text (its appendix is not available here): its instruction as described there --
 # extract the value of the requested key from the JSON object and output only the value.
@@ -91,9 +92,7 @@ def split_sentences(text: str) -> list[str]:
 
 @lru_cache(maxsize=1)
 def prose_sentences() -> tuple[str, ...]:
-    """Every distinct plain sentence of the corpus's prose domain, in corpus order (deterministic)."""
-    from attention_influence.corpus import prose_texts
-
+    """Every distinct plain sentence of the standard library's docstrings, in file order (deterministic)."""
     seen: dict[str, None] = {}
     for text in prose_texts():
         for sentence in split_sentences(text):
@@ -114,7 +113,7 @@ def alphanumeric_key(rng: random.Random) -> str:
 
 # ------------------------------------------------------------------------------------------ the prompts
 
-def _key_value_object(instruction: str, pairs: Sequence[tuple[str, str]], target: int) -> tuple[str, tuple[int, int]]:
+def key_value_object(instruction: str, pairs: Sequence[tuple[str, str]], target: int) -> tuple[str, tuple[int, int]]:
     """`instruction` and the JSON object of `pairs` (one per line ending), with the characters of
     `target`'s value inside it (the needle)."""
     text = instruction + "{"
@@ -129,7 +128,7 @@ def _key_value_object(instruction: str, pairs: Sequence[tuple[str, str]], target
 
 def format_prompt(pairs: Sequence[tuple[str, str]], shots: Sequence[int], target: int) -> RetrievalSample:
     """Instruction, the JSON object of `pairs`, the solved `shots`, then the open question on `target`."""
-    text, needle_span = _key_value_object(INSTRUCTION, pairs, target)
+    text, needle_span = key_value_object(INSTRUCTION, pairs, target)
     for i in shots:
         text += f'{json.dumps(pairs[i][0])}: "{pairs[i][1]}"\n'
     key, value = pairs[target]
@@ -460,49 +459,3 @@ def load_heads(path: str) -> list[tuple[int, int]]:
         detail = str(exc).splitlines()[0][:200] if str(exc).strip() else ""
         raise ValueError(f"heads file {path} is not a heads JSON ({exc.__class__.__name__}: {detail})") from None
     return sorted(set(heads))
-
-
-# ------------------------------------------------------------------------------------------ fixture training
-
-# The tiny-llama fixture (attention_influence/fixture.py) was trained on an earlier form of the task: hex keys,
-# values of random words. Its recipe (`build_sample`) still builds those prompts, so they stay here unchanged.
-WORDS = (
-    "apple river stone light window garden silver paper music winter summer forest "
-    "market engine bridge candle doctor island letter mirror number orange pencil "
-    "rocket shadow tiger valley wallet yellow anchor basket castle dragon eagle "
-    "feather guitar harbor jacket kettle ladder magnet needle ocean palace quartz "
-    "rabbit saddle tunnel umbrella violin wagon zebra cloud metal honey pepper "
-    "planet signal ticket velvet bottle copper desert fabric glacier hammer insect "
-    "jungle kitten lemon marble nickel oyster parrot quiet ribbon salmon timber"
-).split()
-FIXTURE_INSTRUCTION = "Below is a JSON object of keys and values. Return the value of the requested key.\n"
-
-
-@dataclass
-class FixturePrompt:
-    text: str
-    needle_span: tuple[int, int]
-    answer_span: tuple[int, int]
-
-
-def random_key(rng: random.Random) -> str:
-    return "".join(rng.choice("0123456789abcdef") for _ in range(32))
-
-
-def random_value(rng: random.Random, n_words: int = 6) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n_words))
-
-
-def build_sample(rng: random.Random, n_pairs: int = 12, n_shots: int = 3, value_words: int = 6) -> FixturePrompt:
-    """A solved prompt of the fixture's training format (hex keys, random-word values)."""
-    pairs = [(random_key(rng), random_value(rng, value_words)) for _ in range(n_pairs)]
-    order = list(range(n_pairs))
-    rng.shuffle(order)
-    shots, target = order[:n_shots], order[n_shots % n_pairs]
-    text, needle_span = _key_value_object(FIXTURE_INSTRUCTION, pairs, target)  # hex keys: json.dumps adds only quotes
-    for i in shots:
-        text += f'Key: "{pairs[i][0]}"\nValue: "{pairs[i][1]}"\n'
-    text += f'Key: "{pairs[target][0]}"\nValue: "'
-    answer_span = (len(text), len(text) + len(pairs[target][1]))
-    text += pairs[target][1] + '"'
-    return FixturePrompt(text, needle_span, answer_span)

@@ -151,7 +151,7 @@ def real_model_runs(args, results: dict, masking: str | None, scorer_kwargs: dic
     """SmolLM2-135M (real weights): plain, UDF, fused vs two-pass with the FLOP prediction, naive."""
     import torch
 
-    from attention_influence.corpus import sample_corpus
+    from demo.corpus import sample_corpus
     from attention_influence.loading import load_model
     from attention_influence.losses import Scorer, split_windows
     from benchmarks import flops
@@ -206,7 +206,7 @@ def main():
     args = parse_args()
     import torch
 
-    from attention_influence.corpus import sample_corpus
+    from demo.corpus import sample_corpus
     from attention_influence.loading import load_model
     from attention_influence.losses import Scorer
     from attention_influence.masking import DEFAULT_MASKING

@@ -111,7 +111,7 @@ SMOLLM2_HEADS = [(17, 1), (17, 5), (18, 2), (18, 7), (19, 0), (19, 4), (20, 3), 
 def documents(tokenizer, target_tokens: int, doc_tokens: int) -> list[str]:
     """Real text (this repository's docs and code, fast to read anywhere) joined into ~`doc_tokens`-token documents."""
     files = sorted(REPO.glob("*.md")) + sorted(REPO.glob("docs/*.md")) + sorted(REPO.glob("attention_influence/*.py")) \
-        + sorted(REPO.glob("udfs/*.py")) + sorted(REPO.glob("spark_jobs/*.py"))
+        + sorted(REPO.glob("demo/*.py")) + sorted(REPO.glob("udfs/*.py")) + sorted(REPO.glob("spark_jobs/*.py"))
     pieces = [p for f in files for p in f.read_text(errors="replace").split("\n\n") if p.strip()]
     docs, current, current_tokens, total, i = [], [], 0, 0, 0
     while total < target_tokens:
@@ -299,7 +299,7 @@ def udf_function(model, tokenizer, texts, heads, max_seq_len, batch_tokens, devi
     """
     import pandas as pd
 
-    from attention_influence.loading import resolve_device
+    from attention_influence.loading import device_for_gpu_address
     from attention_influence.losses import Scorer
     from udfs import influence
 
@@ -307,8 +307,7 @@ def udf_function(model, tokenizer, texts, heads, max_seq_len, batch_tokens, devi
     settings = influence.ScoringSettings(model="(in-memory benchmark model)", heads=tuple(heads),
                                          max_seq_len=max_seq_len, dtype=str(next(model.parameters()).dtype)[6:],
                                          text_col="text", carry_cols=("id",), batch_tokens=batch_tokens, **kwargs)
-    influence._SCORERS.clear()
-    influence._SCORERS[(settings, str(resolve_device(gpu)))] = Scorer(
+    influence._SCORER = (settings, str(device_for_gpu_address(gpu))), Scorer(
         model, tokenizer, heads, max_seq_len, batch_tokens=batch_tokens, fused=True, **kwargs)
     rows = influence.POOL_ROWS
     frames = [pd.DataFrame({"id": [str(i) for i in range(start, min(start + rows, len(texts)))],
@@ -321,7 +320,7 @@ def udf_function(model, tokenizer, texts, heads, max_seq_len, batch_tokens, devi
         sync(device)
         elapsed = time.perf_counter() - started
     finally:
-        influence._SCORERS.clear()
+        influence._SCORER = None
     scored = pd.concat(out)
     assert len(scored) == len(texts) and (scored["status"] == "ok").all(), "the UDF function lost or failed rows"
     tokens = int(scored["n_tokens"].sum())
@@ -469,7 +468,7 @@ def main(argv=None):
     import torch
     from transformers import AutoTokenizer
 
-    from attention_influence.loading import pick_device
+    from attention_influence.loading import device_from_flag
 
     if args.smoke:
         args.tokens = min(args.tokens, 2000)
@@ -481,7 +480,7 @@ def main(argv=None):
         args.masking = DEFAULT_MASKING
     if "masking" not in scorer_kwargs(args):
         args.masking = None  # this version of the core masks with zero-output only
-    device = pick_device(args.device)
+    device = device_from_flag(args.device)
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ def run_job(mode: str, n: int, corpus: Path, out: Path, heads: Path, cluster_dir
     else:
         zip_path = out / "attention_influence_jobs.zip"
         with zipfile.ZipFile(zip_path, "w") as z:
-            for folder in ("attention_influence", "udfs", "spark_jobs"):
+            for folder in ("attention_influence", "demo", "udfs", "spark_jobs"):
                 for p in sorted((REPO / folder).rglob("*")):
                     if "__pycache__" not in p.parts:
                         z.write(p, p.relative_to(REPO))

@@ -3,7 +3,7 @@
 
     PYTHONPATH=. python scripts/build_fixture_model.py --output fixtures/tiny-llama --seed 0
 
-Recipe fields of attention_influence.fixture.FixtureRecipe can be overridden with
+Recipe fields of demo.fixture.FixtureRecipe can be overridden with
 `--set name=value` (repeatable), e.g. `--set steps=500`.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attention_influence.fixture import FixtureRecipe, build_fixture  # noqa: E402
+from demo.fixture import FixtureRecipe, build_fixture  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

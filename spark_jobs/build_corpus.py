@@ -26,7 +26,7 @@ def build_parser():
 
 def main(argv=None):
     args = parse_flags("build_corpus", build_parser(), argv)
-    from attention_influence.corpus import sample_corpus
+    from demo.corpus import sample_corpus
 
     if args.min_chars > args.max_chars:
         raise JobError(f"--min-chars ({args.min_chars}) is above --max-chars ({args.max_chars})")

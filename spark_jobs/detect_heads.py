@@ -96,7 +96,7 @@ def plot_heatmap(scores, heads, path: Path, title: str) -> None:
 
 def main(argv=None):
     args = parse_flags("detect_heads", build_parser(), argv)
-    from attention_influence.loading import (context_length, load_config, load_model, model_revision, pick_device,
+    from attention_influence.loading import (context_length, device_from_flag, load_config, load_model, model_revision,
                                              resolve_dtype)
     from attention_influence.retrieval import (RANDOM_DRAWS, build_samples, heads_document, masking_accuracies,
                                                retrieval_scores, select_heads)
@@ -105,7 +105,7 @@ def main(argv=None):
         if not getattr(args, flag):
             raise JobError(f"--{flag.replace('_', '-')} is required")
     config = load_config(args.model, args.revision)
-    device = pick_device(args.device)
+    device = device_from_flag(args.device)
     model, tokenizer = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device,
                                   attn_implementation="eager", revision=args.revision)
     context_tokens = min(args.context_tokens, context_length(config, cap=1 << 30))

@@ -52,7 +52,7 @@ def _free_port_run(start: int, length: int) -> int:
 def package(target: Path) -> Path:
     """dist/attention_influence_jobs.zip as `make package` builds it."""
     with zipfile.ZipFile(target, "w") as z:
-        for folder in ("attention_influence", "udfs", "spark_jobs"):
+        for folder in ("attention_influence", "demo", "udfs", "spark_jobs"):
             for p in sorted((REPO / folder).rglob("*")):
                 if "__pycache__" not in p.parts:
                     z.write(p, p.relative_to(REPO))

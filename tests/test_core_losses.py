@@ -157,6 +157,24 @@ def test_heads_out_of_range_are_refused():
         validate_heads(model, [(0, 4)])
 
 
+def test_heads_are_checked_once_at_the_scorers_edge(monkeypatch):
+    """Scorer and mask_heads refuse bad heads; scoring many batches does not check them again."""
+    import attention_influence.losses as losses
+    import attention_influence.masking as masking
+
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="out of range"):
+        Scorer(model, CharTokenizer(), [(3, 0)], max_seq_len=16)
+    with pytest.raises(ValueError, match="out of range"), mask_heads(model, [(0, 4)]):
+        pass
+    scorer = Scorer(model, CharTokenizer(), HEADS, max_seq_len=16, batch_tokens=32)
+    calls = []
+    for module in (masking, losses):
+        monkeypatch.setattr(module, "validate_heads", lambda *a: calls.append(a) or validate_heads(*a))
+    scorer.score(["abcdefgh " * 20, "ijkl " * 30])
+    assert scorer.stats["padded_tokens"] > 32 and calls == []
+
+
 def test_unsupported_architecture_is_named():
     from transformers import BertConfig, BertLMHeadModel
     model = BertLMHeadModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,

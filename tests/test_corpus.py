@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attention_influence.corpus import _chunks, sample_corpus
+from demo.corpus import _chunks, sample_corpus
 
 
 def test_chunks_never_exceed_max_chars_and_lose_no_text():

@@ -63,9 +63,6 @@ def test_gpu_float32_matches_cpu_and_bfloat16_is_close():
 
 
 def test_a_document_that_breaks_the_model_fails_alone(monkeypatch):
-    from udfs.influence import ScoringSettings, score_frame
-    import pandas as pd
-
     scorer = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=64)
     real_run = Scorer._run
 
@@ -75,13 +72,13 @@ def test_a_document_that_breaks_the_model_fails_alone(monkeypatch):
         return real_run(self, windows, batch)
 
     monkeypatch.setattr(Scorer, "_run", run_failing_on_poison)
-    settings = ScoringSettings(model="unused", heads=tuple(HEADS), max_seq_len=64, dtype="float32",
-                               text_col="text", carry_cols=("id",))
-    frame = pd.DataFrame({"id": ["a", "b", "c"], "text": ["fine text", "poison", "more fine text"]})
-    out = score_frame(scorer, frame, settings)
-    assert list(out["id"]) == ["a", "b", "c"]
-    assert list(out["status"]) == ["ok", "error", "ok"]
-    assert "device-side assert" in out["error"][1]
+    docs = scorer.finish_isolated(scorer.prepare(["fine text", "poison", "more fine text"]))
+    assert [d.status for d in docs] == ["ok", "error", "ok"]
+    assert "device-side assert" in docs[1].error
+    monkeypatch.setattr(Scorer, "_run", real_run)
+    expected = [scorer.score([text])[0] for text in ["fine text", "more fine text"]]
+    for got, alone in zip([docs[0], docs[2]], expected):
+        assert (got.loss_full, got.loss_masked) == pytest.approx((alone.loss_full, alone.loss_masked), abs=1e-5)
 
 
 def test_pooled_udf_path_gives_each_row_once_in_order_and_isolates_a_bad_document(monkeypatch):

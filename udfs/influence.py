@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 import pandas as pd
@@ -55,7 +55,9 @@ class ScoringSettings:
         return ", ".join(carried + [f"{name} {kind}" for name, kind in scores])
 
 
-_SCORERS: dict = {}
+# The worker's one scorer and the (settings, device) it was built for: a new key replaces it, so one
+# Python worker never holds two models.
+_SCORER: tuple[tuple, object] | None = None
 
 
 def _assigned_gpu() -> str | None:
@@ -68,13 +70,14 @@ def _assigned_gpu() -> str | None:
 
 def get_scorer(settings: ScoringSettings, gpu: str | None):
     """The worker's scorer for these settings and this device, built on first use."""
-    from attention_influence.loading import load_model, resolve_device
+    global _SCORER
+    from attention_influence.loading import device_for_gpu_address, load_model
     from attention_influence.losses import Scorer
 
-    device = resolve_device(gpu)
+    device = device_for_gpu_address(gpu)
     key = (settings, str(device))
-    if key not in _SCORERS:
-        _SCORERS.clear()  # one model per worker: drop a previous one before loading
+    if _SCORER is None or _SCORER[0] != key:
+        _SCORER = None  # one model per worker: drop a previous one before loading
         if device.type == "cpu":  # tasks run side by side: one thread per task core, not all cores each
             import torch
             from pyspark import TaskContext
@@ -85,28 +88,13 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
         model, tokenizer = load_model(settings.model, dtype=settings.dtype, device=device, revision=settings.revision,
                                       trust_remote_code=settings.trust_remote_code,
                                       allow_pickle_weights=settings.allow_pickle_weights)
-        _SCORERS[key] = Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
-                               batch_tokens=settings.batch_tokens, fused=settings.fused,
-                               token_losses=settings.token_losses, max_chars=settings.max_chars,
-                               masking=settings.masking)
+        _SCORER = key, Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
+                              batch_tokens=settings.batch_tokens, fused=settings.fused,
+                              token_losses=settings.token_losses, max_chars=settings.max_chars,
+                              masking=settings.masking)
         print(f"[attention-influence] loaded {settings.model} on {device} ({settings.dtype}) "
               f"in {time.time() - started:.1f}s", file=sys.stderr, flush=True)
-    return _SCORERS[key]
-
-
-def score_frame(scorer, frame: pd.DataFrame, settings: ScoringSettings) -> pd.DataFrame:
-    """One Arrow batch: the carried columns plus the score columns, row for row.
-
-    If the batch as a whole fails (anything but an out-of-memory the scorer
-    already retries), its documents are scored one by one, so one bad document
-    becomes one `error` row instead of a failed task.
-    """
-    texts = frame[settings.text_col].tolist()
-    try:
-        docs = scorer.score(texts)
-    except Exception:  # noqa: BLE001 - isolate the culprit below
-        docs = [_score_alone(scorer, text) for text in texts]
-    return _output_frame(frame, docs, settings)
+    return _SCORER[1]
 
 
 def _output_frame(frame: pd.DataFrame, docs, settings: ScoringSettings) -> pd.DataFrame:
@@ -122,15 +110,6 @@ def _output_frame(frame: pd.DataFrame, docs, settings: ScoringSettings) -> pd.Da
         out["token_loss_full"] = [d.token_loss_full for d in docs]
         out["token_loss_masked"] = [d.token_loss_masked for d in docs]
     return out
-
-
-def _score_alone(scorer, text):
-    from attention_influence.losses import STATUS_ERROR, DocScore
-
-    try:
-        return scorer.score([text])[0]
-    except Exception as exc:  # noqa: BLE001 - recorded in the row, the job goes on
-        return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
 
 
 # Arrow batches gathered into one pool before planning token-budget batches: bigger pools sort
@@ -202,10 +181,9 @@ def score_pooled(frames: Iterator[pd.DataFrame], settings: ScoringSettings, gpu:
     """Score pools of Arrow batches, reading and tokenizing the next pool while the model runs.
 
     Yields one output frame per non-empty input frame, in input order, each
-    input row exactly once. If a pool fails as a whole, its documents are run
-    one by one from their already tokenized windows, so a bad document becomes
-    one `error` row. The model loads (once per worker) when the first pool is
-    read, so an empty partition never loads it.
+    input row exactly once; a document that breaks the model becomes one `error`
+    row (`Scorer.finish_isolated`). The model loads (once per worker) when the
+    first pool is read, so an empty partition never loads it.
     """
 
     def prepared():
@@ -215,23 +193,11 @@ def score_pooled(frames: Iterator[pd.DataFrame], settings: ScoringSettings, gpu:
             yield pool, scorer, scorer.prepare(texts)
 
     for pool, scorer, ready in _ahead(prepared()):
-        try:
-            docs = scorer.finish(ready)
-        except Exception:  # noqa: BLE001 - isolate the culprit below
-            docs = [_finish_alone(scorer, ready, i) for i in range(len(ready))]
+        docs = scorer.finish_isolated(ready)
         start = 0
         for frame in pool:
             yield _output_frame(frame, docs[start:start + len(frame)], settings)
             start += len(frame)
-
-
-def _finish_alone(scorer, ready, doc_index: int):
-    from attention_influence.losses import STATUS_ERROR, DocScore
-
-    try:
-        return scorer.finish(ready.only(doc_index))[0]
-    except Exception as exc:  # noqa: BLE001 - recorded in the row, the job goes on
-        return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
 
 
 _CPU_FALLBACK_SAID = False
@@ -256,9 +222,9 @@ def _record_task(gpu: str | None) -> None:
           f"attempt={context.attemptNumber()} gpu_addresses={json.dumps(addresses)} pid={os.getpid()} "
           f"code={__file__}", file=sys.stderr, flush=True)
     if gpu is not None and not _CPU_FALLBACK_SAID:
-        from attention_influence.loading import resolve_device
+        from attention_influence.loading import device_for_gpu_address
 
-        if resolve_device(gpu).type == "cpu":
+        if device_for_gpu_address(gpu).type == "cpu":
             _CPU_FALLBACK_SAID = True
             print(f"[attention-influence] GPU {gpu} assigned by Spark but CUDA is not available here: "
                   f"scoring on the CPU (placeholder GPU)", file=sys.stderr, flush=True)

@@ -6,8 +6,9 @@ to grow induction / retrieval heads quickly:
 * ``repeat`` rows: random token segments each followed by an exact copy (the
   second copy is predictable only by copying);
 * ``retrieval`` rows: the key/value retrieval prompts of
-  :mod:`attention_influence.retrieval` (same format as head detection);
-* ``text`` rows: windows of real text from :mod:`attention_influence.corpus`.
+  :func:`build_sample` (an earlier form of head detection's task: hex keys,
+  random-word values);
+* ``text`` rows: windows of real text from :mod:`demo.corpus`.
 
 Pure torch / transformers / tokenizers; deterministic for a given seed and
 thread count. ``scripts/build_fixture_model.py`` is the command line.
@@ -18,14 +19,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from attention_influence.corpus import iter_documents
-from attention_influence.retrieval import build_sample, build_samples, retrieval_scores
+from attention_influence.retrieval import build_samples, key_value_object, retrieval_scores
+from demo.corpus import iter_documents
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD]
@@ -75,13 +76,53 @@ class FixtureRecipe:
     kept_heads: str = "1.0"
 
 
+# --------------------------------------------------------------------------- training prompts
+
+# The fixture is trained on an earlier form of the retrieval task (hex keys, values of random words);
+# its recipe builds those prompts, unchanged, so that a rebuild gives the same model.
+WORDS = (
+    "apple river stone light window garden silver paper music winter summer forest "
+    "market engine bridge candle doctor island letter mirror number orange pencil "
+    "rocket shadow tiger valley wallet yellow anchor basket castle dragon eagle "
+    "feather guitar harbor jacket kettle ladder magnet needle ocean palace quartz "
+    "rabbit saddle tunnel umbrella violin wagon zebra cloud metal honey pepper "
+    "planet signal ticket velvet bottle copper desert fabric glacier hammer insect "
+    "jungle kitten lemon marble nickel oyster parrot quiet ribbon salmon timber"
+).split()
+FIXTURE_INSTRUCTION = "Below is a JSON object of keys and values. Return the value of the requested key.\n"
+
+
+@dataclass
+class FixturePrompt:
+    text: str
+    needle_span: tuple[int, int]
+    answer_span: tuple[int, int]
+
+
+def random_key(rng: random.Random) -> str:
+    return "".join(rng.choice("0123456789abcdef") for _ in range(32))
+
+
+def random_value(rng: random.Random, n_words: int = 6) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def build_sample(rng: random.Random, n_pairs: int = 12, n_shots: int = 3, value_words: int = 6) -> FixturePrompt:
+    """A solved prompt of the fixture's training format (hex keys, random-word values)."""
+    pairs = [(random_key(rng), random_value(rng, value_words)) for _ in range(n_pairs)]
+    order = list(range(n_pairs))
+    rng.shuffle(order)
+    shots, target = order[:n_shots], order[n_shots % n_pairs]
+    text, needle_span = key_value_object(FIXTURE_INSTRUCTION, pairs, target)  # hex keys: json.dumps adds only quotes
+    for i in shots:
+        text += f'Key: "{pairs[i][0]}"\nValue: "{pairs[i][1]}"\n'
+    text += f'Key: "{pairs[target][0]}"\nValue: "'
+    answer_span = (len(text), len(text) + len(pairs[target][1]))
+    text += pairs[target][1] + '"'
+    return FixturePrompt(text, needle_span, answer_span)
+
+
 # --------------------------------------------------------------------------- tokenizer
-
-def _corpus_docs(n: int) -> list[str]:
-    docs = [d.text for d in iter_documents()]
-    step = max(1, len(docs) // n)
-    return docs[::step][:n]
-
 
 def train_tokenizer(recipe: FixtureRecipe, seed: int, docs: list[str]):
     """Byte-level BPE wrapped as a PreTrainedTokenizerFast that prepends BOS."""
@@ -237,7 +278,7 @@ def _recipe_markdown(recipe: FixtureRecipe, seed: int, n_params: int, seconds: f
         "# tiny-llama fixture",
         "",
         "A tiny `LlamaForCausalLM` with a byte-level BPE tokenizer, built by",
-        "`attention_influence/fixture.py` (`build_fixture`) through",
+        "`demo/fixture.py` (`build_fixture`) through",
         f"`scripts/build_fixture_model.py --output <dir> --seed {seed}`. It exists for tests and demos",
         "of AttentionInfluence: it is trained to copy from its context, so it has",
         "induction / retrieval heads. It knows little else; do not use it for anything real.",
@@ -246,7 +287,7 @@ def _recipe_markdown(recipe: FixtureRecipe, seed: int, n_params: int, seconds: f
         "",
         f"- Tokenizer: byte-level BPE (`tokenizers`), vocab {recipe.vocab_size} incl. specials "
         f"`{BOS}` (prepended by `tokenizer(text)`), `{EOS}`, `{PAD}`; trained on "
-        f"{recipe.tokenizer_docs} evenly spaced documents of `attention_influence.corpus.iter_documents()` "
+        f"{recipe.tokenizer_docs} evenly spaced documents of `demo.corpus.iter_documents()` "
         f"plus {recipe.tokenizer_retrieval_texts} retrieval prompts.",
         f"- Model: Llama, hidden {recipe.hidden_size}, MLP {recipe.intermediate_size}, {recipe.num_layers} layers x "
         f"{recipe.num_heads} heads (head dim {recipe.hidden_size // recipe.num_heads}), RoPE theta {recipe.rope_theta:g}, "
@@ -255,7 +296,7 @@ def _recipe_markdown(recipe: FixtureRecipe, seed: int, n_params: int, seconds: f
         f"{recipe.mix_repeat:.0%} random-token segments ({recipe.repeat_min}-{recipe.repeat_max} tokens) each "
         "repeated 2-4 times, loss only on the repeats; "
         f"{recipe.mix_retrieval:.0%} packed key/value retrieval prompts "
-        "(`attention_influence.retrieval.build_sample`, 3 shots); the rest windows of a token stream of "
+        "(`demo.fixture.build_sample`, 3 shots); the rest windows of a token stream of "
         f"{recipe.text_docs} corpus documents (loss on every token).",
         f"- Copy warm-up: the first {recipe.copy_steps} steps use only rows of {recipe.copy_seq_len} tokens made of "
         f"one random segment ({recipe.repeat_min}-{recipe.copy_repeat_max} tokens, length varying by row) repeated "
@@ -306,8 +347,6 @@ def build_fixture(output_dir: str | Path, seed: int = 0, log: Callable[[str], No
     from transformers import LlamaConfig, LlamaForCausalLM
 
     recipe = FixtureRecipe(**recipe_kwargs)
-    known = {f.name for f in fields(FixtureRecipe)}
-    assert set(recipe_kwargs) <= known
     torch.set_num_threads(recipe.threads)
     started = time.time()
     output_dir = Path(output_dir)

@@ -1,16 +1,16 @@
-"""Sample corpus built from text that exists on every machine with Python.
+"""The demo's sample corpus, built from text that exists on every machine with Python.
 
 Three domains, all real text: standard-library source files (`code`), their
 docstrings (`prose`, a module's docstrings together) and the licence texts
 shipped with Python and its packages (`legal`). Texts are cut into chunks of at
 most `max_chars` characters (at blank lines, else at line ends) so that a domain
 holds many documents of a chosen length; `min_chars` drops the short ends.
-Deterministic: the same Python install gives the same corpus.
+Deterministic: the same Python install gives the same corpus. The standard-library
+files come from `attention_influence.prose`, where head detection reads them too.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import os
 import sys
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from attention_influence.prose import docstrings, stdlib_dir, stdlib_sources
+
 
 @dataclass(frozen=True)
 class Document:
@@ -26,16 +28,6 @@ class Document:
     domain: str
     text: str
     source: str
-
-
-def _stdlib_dir() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def _python_files(root: Path) -> list[Path]:
-    skip = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
-    files = [p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)]
-    return sorted(files)
 
 
 def _pack(pieces: Iterable[str], separator: str, max_chars: int) -> Iterator[str]:
@@ -74,18 +66,8 @@ def _doc_id(domain: str, source: str, index: int) -> str:
     return f"{domain}-{digest}"
 
 
-def _docstrings(source: str) -> list[str]:
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return []
-    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-    docs = [ast.get_docstring(n) for n in nodes]
-    return [d for d in docs if d and len(d) >= 80]
-
-
 def _licence_files() -> list[Path]:
-    roots = {_stdlib_dir(), Path(sysconfig.get_paths()["purelib"]), Path(sys.prefix), Path(sys.base_prefix)}
+    roots = {stdlib_dir(), Path(sysconfig.get_paths()["purelib"]), Path(sys.prefix), Path(sys.base_prefix)}
     names = ("LICENSE", "LICENCE", "COPYING", "NOTICE")
     found: set[Path] = set()
     roots = {r.resolve() for r in roots if r.is_dir()}
@@ -100,31 +82,15 @@ def _licence_files() -> list[Path]:
     return sorted(found)
 
 
-def prose_texts() -> Iterator[str]:
-    """The docstrings behind the `prose` domain, whole and in corpus order (real English text for the
-    retrieval task's values)."""
-    stdlib = _stdlib_dir()
-    for path in _python_files(stdlib):
-        try:
-            source = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        yield from _docstrings(source)
-
-
 def iter_documents(max_chars: int = 2000, min_chars: int = 1) -> Iterator[Document]:
     """Yield documents of all three domains (each of `min_chars` to `max_chars` characters), in a fixed order."""
-    stdlib = _stdlib_dir()
-    for path in _python_files(stdlib):
-        try:
-            source = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
+    stdlib = stdlib_dir()
+    for path, source in stdlib_sources():
         rel = str(path.relative_to(stdlib))
         for i, chunk in enumerate(_chunks(source, max_chars)):
             if chunk.strip() and len(chunk) >= min_chars:
                 yield Document(_doc_id("code", rel, i), "code", chunk, rel)
-        for i, chunk in enumerate(_chunks("\n\n".join(_docstrings(source)), max_chars)):
+        for i, chunk in enumerate(_chunks("\n\n".join(docstrings(source)), max_chars)):
             if chunk.strip() and len(chunk) >= min_chars:
                 yield Document(_doc_id("prose", rel, i), "prose", chunk, rel)
     seen_texts: set[str] = set()
