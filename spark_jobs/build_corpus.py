@@ -61,7 +61,8 @@ def run(spark, options: CorpusOptions) -> None:
 
 
 def main(argv=None):
-    run(get_spark("attention-influence-corpus"), parse_options(argv))
+    options = parse_options(argv)  # before Spark starts: a user error is one line
+    run(get_spark("attention-influence-corpus"), options)
     return 0
 
 

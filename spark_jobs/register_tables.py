@@ -60,7 +60,8 @@ def run(spark, options: RegisterOptions) -> None:
 
 
 def main(argv=None):
-    run(get_spark("attention-influence-register-tables"), parse_options(argv))
+    options = parse_options(argv)  # before Spark starts: a user error is one line
+    run(get_spark("attention-influence-register-tables"), options)
     return 0
 
 

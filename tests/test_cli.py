@@ -116,3 +116,15 @@ def test_options_from_settings_as_a_notebook_passes_them():
         detect_heads.options(heads_out=None)
     with pytest.raises(JobError, match="unknown setting"):
         select.options(fractoin="0.3")
+
+
+@pytest.mark.parametrize("job, args, message", [
+    ("build_corpus", ["--min-chars", "9", "--max-chars", "3"], "--min-chars (9) is above --max-chars (3)"),
+    ("register_tables", ["--tables", " , "], "--tables is empty"),
+    ("register_tables", ["--tables", "a;b"], "not a table name"),
+    ("select", ["--input", ""], "--input is required"),
+    ("detect_heads", ["--heads-out", ""], "--heads-out is required"),
+])
+def test_option_errors_stop_before_spark_starts(job, args, message):
+    """One line on stderr and nothing else: no Spark session was started for a run that cannot go on."""
+    assert message in one_line_error(run_cli(job, *args))
