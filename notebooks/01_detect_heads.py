@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from spark_jobs import build_corpus, detect_heads
-from spark_jobs.notebook import default_output, default_model, demo_paths, job_defaults, run_job, session, show, widgets
+from spark_jobs.notebook import default_output, default_model, demo_paths, job_defaults, session, show, widgets
 
 spark = session(globals().get("spark"))
 detect_defaults = job_defaults("detect_heads")
@@ -31,10 +31,10 @@ paths = demo_paths(params["output_dir"], params["model"])
 # COMMAND ----------
 
 if not Path(paths.corpus).exists():
-    run_job(build_corpus, "--output", paths.corpus, "--per-domain", params["per_domain"])
-run_job(detect_heads, "--model", paths.model, "--output", paths.head_scores, "--heads-out", paths.heads_json,
-        "--samples", params["samples"], "--top-fraction", params["top_fraction"],
-        "--context-tokens", params["context_tokens"])
+    build_corpus.run(spark, build_corpus.options(output=paths.corpus, per_domain=params["per_domain"]))
+detect_heads.run(spark, detect_heads.options(model=paths.model, output=paths.head_scores, heads_out=paths.heads_json,
+                                             samples=params["samples"], top_fraction=params["top_fraction"],
+                                             context_tokens=params["context_tokens"]))
 
 # COMMAND ----------
 

@@ -9,7 +9,7 @@
 # COMMAND ----------
 
 from spark_jobs import score
-from spark_jobs.notebook import default_output, default_model, demo_paths, job_defaults, run_job, session, show, widgets
+from spark_jobs.notebook import default_output, default_model, demo_paths, job_defaults, session, show, widgets
 
 spark = session(globals().get("spark"))
 score_defaults = job_defaults("score")
@@ -23,9 +23,8 @@ paths = demo_paths(params["output_dir"], params["model"])
 
 # COMMAND ----------
 
-run_job(score, "--input", paths.corpus, "--output", paths.scored, "--model", paths.model,
-        "--heads", paths.heads_json, "--mode", params["mode"],
-        *(["--dry-run"] if params["dry_run"].strip().lower() == "true" else []))
+score.run(spark, score.options(input=paths.corpus, output=paths.scored, model=paths.model, heads=paths.heads_json,
+                               mode=params["mode"], dry_run=params["dry_run"].strip().lower() == "true"))
 
 # COMMAND ----------
 

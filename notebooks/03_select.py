@@ -8,7 +8,7 @@
 # COMMAND ----------
 
 from spark_jobs import select
-from spark_jobs.notebook import default_output, demo_paths, job_defaults, run_job, session, show, widgets
+from spark_jobs.notebook import default_output, demo_paths, job_defaults, session, show, widgets
 
 spark = session(globals().get("spark"))
 params = widgets(globals().get("dbutils"), {
@@ -19,7 +19,7 @@ paths = demo_paths(params["output_dir"])
 
 # COMMAND ----------
 
-run_job(select, "--input", paths.scored, "--output", paths.selected, "--fraction", params["fraction"])
+select.run(spark, select.options(input=paths.scored, output=paths.selected, fraction=params["fraction"]))
 
 # COMMAND ----------
 

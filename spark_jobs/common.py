@@ -14,10 +14,14 @@ import os
 import re
 import sys
 import traceback
+from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import yaml
+
+from attention_influence.errors import first_line
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -30,10 +34,15 @@ class JobError(Exception):
 
 # ---------------------------------------------------------------- configuration
 
-def parse_flags(job: str, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags over `--config FILE` over `conf/<job>.yaml`; unknown keys in a file are an error."""
+def parse_flags(job: str, parser: argparse.ArgumentParser, argv: list[str] | None = None,
+                settings: dict | None = None) -> argparse.Namespace:
+    """Flags over `--config FILE` over `settings` over `conf/<job>.yaml`; unknown keys are an error.
+
+    `settings` is how a notebook passes its widgets: checked and converted like a config file's.
+    """
     parser.add_argument("--config", help="YAML file of job settings (flag names with _), overriding conf/%s.yaml" % job)
     defaults = _read_yaml(CONF / f"{job}.yaml")
+    defaults.update({key.replace("-", "_"): value for key, value in (settings or {}).items()})
     # Only --config is read first (no --help here), so --help shows the defaults the file gives.
     config_only = argparse.ArgumentParser(add_help=False)
     config_only.add_argument("--config")
@@ -46,6 +55,24 @@ def parse_flags(job: str, parser: argparse.ArgumentParser, argv: list[str] | Non
         raise JobError(f"unknown setting(s) in configuration: {', '.join(unknown)}")
     parser.set_defaults(**_checked_settings(parser, defaults))
     return parser.parse_args(argv)
+
+
+Options = TypeVar("Options")
+
+
+def options_from(options_type: type[Options], namespace: argparse.Namespace, required: tuple[str, ...] = ()) -> Options:
+    """A job's frozen options from its parsed flags; a missing required one is a JobError naming the flag.
+
+    Every flag must be a field (and the reverse), so the parser and the options cannot drift apart.
+    """
+    names = {field.name for field in fields(options_type)}
+    given = {key: value for key, value in vars(namespace).items() if key != "config"}
+    if set(given) != names:
+        raise TypeError(f"{options_type.__name__} and its flags differ: {sorted(set(given) ^ names)}")
+    for name in required:
+        if given[name] in (None, ""):
+            raise JobError(f"--{name.replace('_', '-')} is required")
+    return options_type(**given)
 
 
 MAX_CONFIG_BYTES = 1 << 20  # job settings and Spark profiles are a few lines; anything bigger is a mistake
@@ -381,6 +408,21 @@ def table_properties(spark, ref: str) -> dict[str, str]:
     return dict(delta_table(spark, ref).detail().select("properties").first()[0] or {})
 
 
+@contextmanager
+def session_setting(spark, key: str, value: str):
+    """`key` set to `value` while the block runs, then as it was: a job leaves a session it was
+    handed (a notebook's) the way it found it."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+
+
 # ---------------------------------------------------------------- catalog
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -433,12 +475,40 @@ def register_delta_table(spark, name: str, path: str) -> str:
 
 # ---------------------------------------------------------------- running a job
 
+COMMIT_CONFLICT_EXIT = 3
+
+
+class CommitConflict(Exception):
+    """Concurrent writers kept winning: one line on stderr and exit code 3, so that a rerun completes."""
+
+
+def stage_failure_reason(exc: BaseException) -> str | None:
+    """One line for a job Spark aborted after a task failed `spark.task.maxFailures` times."""
+    match = re.search(r"Task (\d+) in stage ([\d.]+) failed (\d+) times?, most recent failure: (.*)", str(exc))
+    if not match:
+        return None
+    cause = re.sub(r"^Lost task \S+ in stage \S+ \([^)]*\) \([^)]*\): ", "", match.group(4).strip())
+    return (f"scoring task for partition {match.group(1)} (stage {match.group(2)}) failed {match.group(3)} times; "
+            f"the job was aborted and nothing was committed: {cause[:300]}")
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a job's main; user errors become one line on stderr and exit code 2."""
+    """Run a job's main, the one place exit codes come from: user errors one line on stderr and 2,
+    a commit lost to concurrent writers 3, a task that failed every retry 1 (each one line)."""
     from attention_influence.loading import ModelLoadError
 
     try:
-        return main(argv) or 0
+        try:
+            return main(argv) or 0
+        except CommitConflict as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return COMMIT_CONFLICT_EXIT
+        except Exception as exc:  # noqa: BLE001 - anything else goes on to the handlers below
+            reason = stage_failure_reason(exc)
+            if reason is None:
+                raise
+            print(f"error: {reason}", file=sys.stderr)
+            return 1
     except (JobError, ModelLoadError, ValueError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
@@ -452,11 +522,6 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
             return 2
         traceback.print_exc()
         return 1
-
-
-def first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def dumps(value) -> str:

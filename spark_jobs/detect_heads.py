@@ -17,10 +17,13 @@ sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath
 import json
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from spark_jobs.common import JobError, fraction, get_spark, new_parser, parse_flags, positive_int, replace_table, run
+from spark_jobs import common, table_contract
+from spark_jobs.common import (JobError, fraction, get_spark, new_parser, options_from, parse_flags, positive_int,
+                               replace_table)
 
 HEAD_SCORES_DDL = ("layer INT, head INT, retrieval_score DOUBLE, rank INT, selected BOOLEAN, "
                    "model STRING, detected_at TIMESTAMP")
@@ -47,6 +50,35 @@ def build_parser():
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectOptions:
+    """What one detection needs; the flags of build_parser(), one field each (defaults: conf/detect_heads.yaml)."""
+
+    model: str
+    revision: str | None
+    output: str
+    heads_out: str
+    top_fraction: float
+    samples: int
+    context_tokens: int
+    seed: int
+    masking: str
+    decoding: str
+    dtype: str
+    device: str
+
+
+def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> DetectOptions:
+    """Options from flags over `--config` over `settings` over conf/detect_heads.yaml (the edge of the job)."""
+    return options_from(DetectOptions, parse_flags("detect_heads", build_parser(), argv, settings),
+                        ("model", "output", "heads_out"))
+
+
+def options(**settings) -> DetectOptions:
+    """Options for a notebook or a test: conf/detect_heads.yaml's defaults with `settings` over them."""
+    return parse_options([], settings)
 
 
 class Progress:
@@ -94,72 +126,116 @@ def plot_heatmap(scores, heads, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None):
-    args = parse_flags("detect_heads", build_parser(), argv)
-    from attention_influence.loading import (context_length, device_from_flag, load_config, load_model, model_revision,
-                                             resolve_dtype)
+def head_ranking(scores) -> list[tuple[int, int]]:
+    """Every head, best first: retrieval score descending, ties by (layer, head), the order
+    `select_heads` takes its top fraction from; the table's `rank` is a head's place here."""
+    n_layers, n_heads = scores.shape
+    return sorted(((layer, head) for layer in range(n_layers) for head in range(n_heads)),
+                  key=lambda lh: (-scores[lh], lh))
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detection's results: per-head scores, the selected heads, the task accuracies and settings."""
+
+    scores: object  # numpy [n_layers, n_heads]
+    heads: list[tuple[int, int]]
+    accuracies: dict
+    revision: str
+    samples: int
+    context_tokens: int
+    heads_path: Path
+    plot_path: Path
+
+
+def detect(options: DetectOptions) -> Detection:
+    """Score every head on the synthetic task, select the top fraction, check the selection by masking it,
+    and write the heads JSON and its heatmap. Needs no Spark."""
+    from attention_influence.loading import (context_length, load_config, load_model, model_revision,
+                                             device_from_flag, resolve_dtype)
     from attention_influence.retrieval import (RANDOM_DRAWS, build_samples, heads_document, masking_accuracies,
                                                retrieval_scores, select_heads)
 
-    for flag in ("model", "output", "heads_out"):
-        if not getattr(args, flag):
-            raise JobError(f"--{flag.replace('_', '-')} is required")
-    config = load_config(args.model, args.revision)
-    device = device_from_flag(args.device)
-    model, tokenizer = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device,
-                                  attn_implementation="eager", revision=args.revision)
-    context_tokens = min(args.context_tokens, context_length(config, cap=1 << 30))
+    config = load_config(options.model, options.revision)
+    device = device_from_flag(options.device)
+    model, tokenizer = load_model(options.model, dtype=resolve_dtype(options.dtype, device), device=device,
+                                  attn_implementation="eager", revision=options.revision)
+    context_tokens = min(options.context_tokens, context_length(config, cap=1 << 30))
 
     started = time.time()
     try:
-        samples = build_samples(tokenizer, args.samples, context_tokens, seed=args.seed)
-        result = retrieval_scores(model, tokenizer, samples, decoding=args.decoding,
+        samples = build_samples(tokenizer, options.samples, context_tokens, seed=options.seed)
+        result = retrieval_scores(model, tokenizer, samples, decoding=options.decoding,
                                   progress=Progress("detect", len(samples)))
-        heads = select_heads(result.scores, args.top_fraction)
+        heads = select_heads(result.scores, options.top_fraction)
     except ValueError as exc:
         raise as_flags(exc) from None
     print(f"scored {result.scores.size} heads on {len(samples)} prompts of <= {context_tokens} tokens "
           f"in {time.time() - started:.1f}s; the model copied {result.copied_tokens}/{result.answer_tokens} "
           f"value tokens", file=sys.stderr)
     started = time.time()
-    accuracies = masking_accuracies(model, tokenizer, samples, heads, masking=args.masking, seed=args.seed,
+    accuracies = masking_accuracies(model, tokenizer, samples, heads, masking=options.masking, seed=options.seed,
                                     accuracy_full=result.accuracy,
                                     progress=Progress("accuracy", len(samples) * (1 + RANDOM_DRAWS +
                                                                                   (result.accuracy is None))))
     print(f"task accuracies in {time.time() - started:.1f}s", file=sys.stderr)
 
-    revision = model_revision(args.model, args.revision)
-    document = heads_document(args.model, revision, args.top_fraction, heads, result.scores, **accuracies,
-                              samples=len(samples), context_tokens=context_tokens, masking=args.masking,
-                              decoding=args.decoding, seed=args.seed)
-    heads_path = Path(args.heads_out)
+    revision = model_revision(options.model, options.revision)
+    document = heads_document(options.model, revision, options.top_fraction, heads, result.scores, **accuracies,
+                              samples=len(samples), context_tokens=context_tokens, masking=options.masking,
+                              decoding=options.decoding, seed=options.seed)
+    heads_path = Path(options.heads_out)
     heads_path.parent.mkdir(parents=True, exist_ok=True)
     heads_path.write_text(json.dumps(document, indent=2) + "\n")
     plot_path = heads_path.with_suffix(".png")
-    plot_heatmap(result.scores, heads, plot_path, f"retrieval scores: {args.model} (selected in red)")
+    plot_heatmap(result.scores, heads, plot_path, f"retrieval scores: {options.model} (selected in red)")
+    return Detection(scores=result.scores, heads=heads, accuracies=accuracies, revision=revision,
+                     samples=len(samples), context_tokens=context_tokens, heads_path=heads_path, plot_path=plot_path)
 
-    n_layers, n_heads = result.scores.shape
-    order = sorted(((-result.scores[l, h], l, h) for l in range(n_layers) for h in range(n_heads)))
+
+def write_head_scores(spark, options: DetectOptions, detection: Detection) -> None:
+    """One row per head in ranking order, the selected ones flagged; the task's settings as table properties."""
     detected_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    selected = set(heads)
-    rows = [(l, h, float(-s), rank + 1, (l, h) in selected, args.model, detected_at)
-            for rank, (s, l, h) in enumerate(order)]
-    spark = get_spark("attention-influence-detect-heads")
-    replace_table(spark.createDataFrame(rows, HEAD_SCORES_DDL), args.output,
-                  {"attention_influence.model": args.model, "attention_influence.model_revision": revision,
-                   "attention_influence.top_fraction": str(args.top_fraction),
-                   "attention_influence.samples": str(len(samples)),
-                   "attention_influence.context_tokens": str(context_tokens)})
+    selected = set(detection.heads)
+    rows = [(layer, head, float(detection.scores[layer, head]), rank, (layer, head) in selected, options.model,
+             detected_at)
+            for rank, (layer, head) in enumerate(head_ranking(detection.scores), 1)]
+    replace_table(spark.createDataFrame(rows, HEAD_SCORES_DDL), options.output,
+                  {table_contract.MODEL: options.model, table_contract.MODEL_REVISION: detection.revision,
+                   table_contract.TOP_FRACTION: str(options.top_fraction),
+                   table_contract.SAMPLES: str(detection.samples),
+                   table_contract.CONTEXT_TOKENS: str(detection.context_tokens)})
 
+
+def report(options: DetectOptions, detection: Detection) -> None:
+    from attention_influence.retrieval import RANDOM_DRAWS
+
+    heads, accuracies, scores = detection.heads, detection.accuracies, detection.scores
     print("selected heads (layer.head: retrieval score): " +
-          ", ".join(f"{l}.{h}: {result.scores[l, h]:.3f}" for l, h in heads))
-    print(f"retrieval-task accuracy (exact value, greedy, {len(samples)} samples): "
+          ", ".join(f"{l}.{h}: {scores[l, h]:.3f}" for l, h in heads))
+    print(f"retrieval-task accuracy (exact value, greedy, {detection.samples} samples): "
           f"full {accuracies['accuracy_full']:.3f}, {len(heads)} selected heads masked "
           f"{accuracies['accuracy_masked']:.3f}, {len(heads)} random heads masked "
-          f"{accuracies['accuracy_random_masked']:.3f} (mean of {RANDOM_DRAWS} draws; masking {args.masking})")
-    print(f"wrote {args.output}, {heads_path}, {plot_path}")
+          f"{accuracies['accuracy_random_masked']:.3f} (mean of {RANDOM_DRAWS} draws; masking {options.masking})")
+    print(f"wrote {options.output}, {detection.heads_path}, {detection.plot_path}")
+
+
+def run(spark, options: DetectOptions) -> Detection:
+    """Detect, write the head-scores table on `spark`, print the selection and its accuracies."""
+    detection = detect(options)
+    write_head_scores(spark, options, detection)
+    report(options, detection)
+    return detection
+
+
+def main(argv=None):
+    """Flags -> options; Spark starts only once the model's work is done, to write the table."""
+    options = parse_options(argv)
+    detection = detect(options)
+    write_head_scores(get_spark("attention-influence-detect-heads"), options, detection)
+    report(options, detection)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(common.run(main))

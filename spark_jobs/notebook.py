@@ -1,5 +1,6 @@
 """What the notebooks share: the session (Databricks' own or a local one), their parameters as
-widgets, display(), and the demo's table paths.
+widgets, display(), and the demo's table paths. A notebook runs a job as `job.run(spark, job.options(...))`
+on its own session, with the same options the job's flags build.
 
 On Databricks a notebook has `spark`, `dbutils` and `display`; run as a plain script it has none
 of them. The notebooks pass what they have (`globals().get(...)`) to the helpers here, so the same
@@ -15,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_jobs.common import CONF, REPO, _read_yaml, get_spark, run
+from spark_jobs.common import CONF, REPO, _read_yaml, get_spark
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,3 @@ def session(existing=None):
     """Databricks' `spark` when the notebook has one, else a local session with Delta."""
     return existing if existing is not None else get_spark("attention-influence-notebook")
 
-
-def run_job(module, *flags) -> None:
-    """A job's entry point on the notebook's session; a user error stops the notebook."""
-    code = run(module.main, [str(f) for f in flags])
-    if code:
-        raise RuntimeError(f"{module.__name__} failed with exit code {code}")

@@ -15,7 +15,11 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-from spark_jobs.common import JobError, catalog_name, get_spark, new_parser, parse_flags, register_delta_table, run
+from dataclasses import dataclass
+
+from spark_jobs import common
+from spark_jobs.common import (JobError, catalog_name, get_spark, new_parser, options_from, parse_flags,
+                               register_delta_table)
 
 
 def build_parser():
@@ -26,20 +30,40 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = parse_flags("register_tables", build_parser(), argv)
-    names = [n.strip() for n in (args.tables or "").split(",") if n.strip()]
-    if not names:
+@dataclass(frozen=True, kw_only=True)
+class RegisterOptions:
+    """The flags of build_parser() (defaults: conf/register_tables.yaml); `tables` as a tuple of names."""
+
+    root: str
+    database: str
+    tables: tuple[str, ...]
+
+
+def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> RegisterOptions:
+    """Options from flags over `--config` over `settings` over conf/register_tables.yaml; every name is
+    checked here, before anything is registered."""
+    flags = parse_flags("register_tables", build_parser(), argv, settings)
+    flags.tables = tuple(n.strip() for n in (flags.tables or "").split(",") if n.strip())
+    if not flags.tables:
         raise JobError("--tables is empty")
-    for name in names:  # every name is checked before anything is registered
-        catalog_name(f"{args.database}.{name}")
-    spark = get_spark("attention-influence-register-tables")
-    for name in names:
-        path = os.path.join(args.root, name)
-        outcome = register_delta_table(spark, f"{args.database}.{name}", path)
-        print(f"{args.database}.{name} -> {os.path.abspath(path)} ({outcome})")
+    options = options_from(RegisterOptions, flags)
+    for name in options.tables:
+        catalog_name(f"{options.database}.{name}")
+    return options
+
+
+def run(spark, options: RegisterOptions) -> None:
+    for name in options.tables:
+        path = os.path.join(options.root, name)
+        outcome = register_delta_table(spark, f"{options.database}.{name}", path)
+        print(f"{options.database}.{name} -> {os.path.abspath(path)} ({outcome})")
+
+
+def main(argv=None):
+    options = parse_options(argv)  # before Spark starts: a user error is one line
+    run(get_spark("attention-influence-register-tables"), options)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(common.run(main))

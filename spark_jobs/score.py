@@ -17,13 +17,15 @@ sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath
 import argparse
 import hashlib
 import time
+from dataclasses import dataclass, field
 
-from spark_jobs.common import (JobError, check_table_name, create_table, delta_table, dumps, first_line, get_spark,
-                               new_parser, parse_flags, positive_int, quote_identifier, read_table, replace_table, run,
-                               set_table_properties, table_exists, table_properties)
+from spark_jobs import common, table_contract
+from spark_jobs.common import (CommitConflict, JobError, check_table_name, create_table, delta_table, dumps, first_line,
+                               get_spark, new_parser, options_from, parse_flags, positive_int, quote_identifier,
+                               read_table, replace_table, session_setting, set_table_properties, table_exists,
+                               table_properties)
 from spark_jobs.progress import Progress
-
-PROPERTY_PREFIX = "attention_influence."
+from spark_jobs.table_contract import SCORED_AT_COLUMN, SCORER_COLUMN
 
 
 def build_parser():
@@ -63,6 +65,49 @@ def build_parser():
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class ScoreOptions:
+    """What one scoring run needs; the flags of build_parser(), one field each (defaults: conf/score.yaml)."""
+
+    input: str
+    output: str
+    model: str
+    heads: str
+    revision: str | None
+    id_col: str
+    text_col: str
+    domain_col: str
+    carry_cols: str | None
+    max_seq_len: int | None
+    masking: str
+    batch_tokens: int
+    arrow_batch_size: int
+    partitions: int | None
+    dtype: str
+    token_losses: bool
+    mode: str
+    fused: bool
+    max_chars: int
+    dry_run: bool
+    retry_errors: bool
+    trust_remote_code: bool
+    allow_pickle_weights: bool
+    commit_attempts: int | None
+
+
+REQUIRED = ("input", "output", "model", "heads")
+
+
+def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> ScoreOptions:
+    """Options from flags over `--config` over `settings` over conf/score.yaml (the edge of the job)."""
+    return options_from(ScoreOptions, parse_flags("score", build_parser(), argv, settings), REQUIRED)
+
+
+def options(**settings) -> ScoreOptions:
+    """Options for a notebook or a test: conf/score.yaml's defaults with `settings` over them."""
+    return parse_options([], settings)
+
+
 TASKS_PER_SLOT = 4  # several tasks per core (or per GPU): progress per finished task, no long straggler
 DRY_RUN_SAMPLE = 64  # documents tokenized on the driver to estimate a dry run's tokens
 
@@ -78,59 +123,69 @@ def default_partitions(spark, documents: int) -> int:
     return max(1, min(documents, TASKS_PER_SLOT * slots))
 
 
-def dry_run(documents, todo, to_score: int, partitions: int, args, fingerprint: str, readable: dict) -> int:
-    """What a run would do, from counts and a driver-side tokenization of a sample; writes nothing."""
-    from transformers import AutoTokenizer
+@dataclass(frozen=True)
+class ModelCheck:
+    """What is known about the model before Spark starts: the heads to mask and the window length."""
 
-    total = documents.count()
-    sample = []
-    if to_score:
-        fraction = min(1.0, 2.0 * DRY_RUN_SAMPLE / to_score)
-        sample = [r[0] for r in todo.sample(fraction=fraction, seed=0).select(args.text_col)
-                  .limit(DRY_RUN_SAMPLE).collect()]
-    tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision)
-    texts = [t.decode("utf-8", "replace") if isinstance(t, (bytes, bytearray)) else t for t in sample]
-    lengths = [len(tokenizer(t)["input_ids"]) for t in texts if t]
-    mean = sum(lengths) / len(lengths) if lengths else 0.0
-    print(f"dry run: {args.input} -> {args.output} [{args.mode}]")
-    print(f"documents: {total} in the input, {total - to_score} already scored by this scorer (skipped), "
-          f"{to_score} to score")
-    print(f"tokens: about {round(mean * to_score)} ({mean:.0f} per document over a sample of {len(texts)}, "
-          f"tokenized here)")
-    print(f"partitions: {partitions}" + ("" if args.partitions else " (default: from the documents and cores/GPUs)"))
-    print(f"scorer {fingerprint} {dumps(readable)}")
-    print("nothing written")
-    return 0
+    heads: tuple[tuple[int, int], ...]
+    max_seq_len: int
 
 
-def scorer_identity(args, heads, revision: str, dtype: str, max_seq_len: int) -> tuple[str, dict]:
+def check_model_and_heads(options: ScoreOptions) -> ModelCheck:
+    """Table names, masking, model config and heads, checked before Spark starts or a task runs."""
+    from attention_influence.loading import check_untrusted_model, context_length, load_config
+    from attention_influence.masking import MASKING_MODES
+    from attention_influence.retrieval import load_heads
+
+    check_table_name(options.input), check_table_name(options.output)
+    if options.masking not in MASKING_MODES:  # a config file's value; the flag itself has choices
+        raise JobError(f"masking must be one of {', '.join(MASKING_MODES)}, got {options.masking!r}")
+    heads = load_heads(options.heads)
+    check_untrusted_model(options.model, bool(options.trust_remote_code), bool(options.allow_pickle_weights))
+    config = load_config(options.model, options.revision, bool(options.trust_remote_code))
+    n_layers, n_heads = config.num_hidden_layers, config.num_attention_heads
+    bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+    if bad:
+        raise JobError(f"heads out of range for {options.model} ({n_layers} layers x {n_heads} heads): {bad[:5]}")
+    return ModelCheck(tuple(heads), options.max_seq_len or context_length(config))
+
+
+def scorer_identity(options: ScoreOptions, heads, revision: str, dtype: str, max_seq_len: int) -> tuple[str, dict]:
     """(fingerprint, readable form) of everything that changes a score.
 
     A local checkpoint is identified by its content digest (`revision`), not its
     path, so `./model` and `/abs/model` do not force a rescore; a hub model by id
     and commit.
     """
-    readable = {"model": args.model, "model_revision": revision, "heads": [list(h) for h in heads],
-                "max_seq_len": max_seq_len, "masking": args.masking, "dtype": dtype}
-    identity = dict(readable, model=None if revision.startswith("local-") else args.model)
+    readable = {"model": options.model, "model_revision": revision, "heads": [list(h) for h in heads],
+                "max_seq_len": max_seq_len, "masking": options.masking, "dtype": dtype}
+    identity = dict(readable, model=None if revision.startswith("local-") else options.model)
     return "ai1-" + hashlib.sha256(dumps(identity).encode()).hexdigest()[:16], readable
 
 
-def check_input(df, args) -> list[str]:
+def output_columns() -> set[str]:
+    """Every column score.py writes besides the carried ones: the UDF's and the two added here."""
+    from udfs.influence import SCORE_COLUMNS, TOKEN_LOSS_COLUMNS
+
+    return {name for name, _ in SCORE_COLUMNS + TOKEN_LOSS_COLUMNS} | set(table_contract.ADDED_COLUMNS)
+
+
+def check_input(df, options: ScoreOptions) -> list[str]:
     """Columns to carry; refuse missing columns, null and duplicate ids before any scoring."""
     from pyspark.sql import functions as F
 
-    missing = [c for c in (args.id_col, args.text_col) if c not in df.columns]
+    missing = [c for c in (options.id_col, options.text_col) if c not in df.columns]
     if missing:
-        raise JobError(f"input {args.input} has no column(s) {', '.join(missing)} (columns: {', '.join(df.columns)})")
-    text_type = df.schema[args.text_col].dataType.simpleString()
+        raise JobError(f"input {options.input} has no column(s) {', '.join(missing)} "
+                       f"(columns: {', '.join(df.columns)})")
+    text_type = df.schema[options.text_col].dataType.simpleString()
     if text_type not in ("string", "binary"):
-        raise JobError(f"text column {args.text_col} is {text_type}, expected STRING")
-    if args.carry_cols in (None, "*"):
+        raise JobError(f"text column {options.text_col} is {text_type}, expected STRING")
+    if options.carry_cols in (None, "*"):
         carry = list(df.columns)
     else:
-        carry = [c.strip() for c in args.carry_cols.split(",") if c.strip()]
-        carry += [c for c in (args.id_col, args.domain_col) if c in df.columns and c not in carry]
+        carry = [c.strip() for c in options.carry_cols.split(",") if c.strip()]
+        carry += [c for c in (options.id_col, options.domain_col) if c in df.columns and c not in carry]
         unknown = [c for c in carry if c not in df.columns]
         if unknown:
             raise JobError(f"--carry-cols names missing column(s): {', '.join(unknown)}")
@@ -138,64 +193,172 @@ def check_input(df, args) -> list[str]:
     if backticked:  # PySpark's mapInPandas parses column names: a backtick cannot be addressed
         raise JobError(f"column name(s) with a backtick cannot be scored: {', '.join(backticked)}; "
                        f"rename them or leave them out with --carry-cols")
-    clash = [c for c in carry if c in {"n_tokens", "loss_full", "loss_masked", "attention_influence", "status",
-                                       "error", "scorer", "scored_at", "token_loss_full", "token_loss_masked"}]
+    clash = [c for c in carry if c in output_columns()]
     if clash:
         raise JobError(f"input column(s) {', '.join(clash)} clash with score columns; drop or rename them")
-    id_col = F.col(quote_identifier(args.id_col))  # names from flags are always quoted
+    id_col = F.col(quote_identifier(options.id_col))  # names from flags are always quoted
     problems = (df.groupBy(id_col).count().where(F.col("count") > 1).limit(3).collect())
     if problems:
         examples = ", ".join(repr(r[0]) for r in problems)
-        raise JobError(f"input has duplicate ids in column {args.id_col} (e.g. {examples}); ids must be unique")
+        raise JobError(f"input has duplicate ids in column {options.id_col} (e.g. {examples}); ids must be unique")
     if df.where(id_col.isNull()).limit(1).count():
-        raise JobError(f"input has null ids in column {args.id_col}")
+        raise JobError(f"input has null ids in column {options.id_col}")
     return carry
 
 
-def check_model_and_heads(args):
-    """(heads, max_seq_len): model config and heads checked before Spark starts or a task runs."""
-    from attention_influence.loading import check_untrusted_model, context_length, load_config
-    from attention_influence.retrieval import load_heads
+# ---------------------------------------------------------------- plan what to score
 
-    heads = load_heads(args.heads)
-    check_untrusted_model(args.model, bool(args.trust_remote_code), bool(args.allow_pickle_weights))
-    config = load_config(args.model, args.revision, bool(args.trust_remote_code))
-    n_layers, n_heads = config.num_hidden_layers, config.num_attention_heads
-    bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
-    if bad:
-        raise JobError(f"heads out of range for {args.model} ({n_layers} layers x {n_heads} heads): {bad[:5]}")
-    return heads, args.max_seq_len or context_length(config)
+@dataclass(frozen=True)
+class ScorePlan:
+    """The documents still to score under this scorer, and how: decided before any model runs."""
+
+    documents: object  # DataFrame: the whole input
+    todo: object       # DataFrame: the documents without a current score
+    to_score: int
+    partitions: int
+    carry: list[str]
+    output_exists: bool
+    heads: tuple[tuple[int, int], ...]
+    max_seq_len: int
+    dtype: str
+    fingerprint: str
+    readable: dict
 
 
-def write_scores(spark, scored, args, output_exists: bool, properties: dict) -> None:
+def plan(spark, options: ScoreOptions, model: ModelCheck) -> ScorePlan:
+    """Read the input, check it, and leave out the ids the output already holds for this scorer."""
+    from pyspark.sql import functions as F
+
+    from attention_influence.loading import model_revision, resolve_dtype
+
+    gpu_cluster = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    dtype = resolve_dtype(options.dtype, "cuda" if gpu_cluster else "cpu")
+    fingerprint, readable = scorer_identity(options, model.heads, model_revision(options.model, options.revision),
+                                            dtype, model.max_seq_len)
+    documents = read_table(spark, options.input)
+    carry = check_input(documents, options)
+    output_exists = table_exists(spark, options.output)
+    todo = documents
+    if options.mode == "incremental" and output_exists:
+        done = read_table(spark, options.output).where(F.col(SCORER_COLUMN) == fingerprint)
+        if options.retry_errors:
+            done = done.where(F.col("status") != "error")
+        id_col = quote_identifier(options.id_col)
+        done = done.select(F.col(id_col).alias("done_id"))
+        todo = documents.join(done, F.col(id_col) == F.col("done_id"), how="left_anti")
+    to_score = todo.count()
+    partitions = options.partitions or default_partitions(spark, to_score)
+    return ScorePlan(documents=documents, todo=todo, to_score=to_score, partitions=partitions, carry=carry,
+                     output_exists=output_exists, heads=model.heads, max_seq_len=model.max_seq_len, dtype=dtype,
+                     fingerprint=fingerprint, readable=readable)
+
+
+def dry_run(options: ScoreOptions, plan: ScorePlan) -> None:
+    """What a run would do, from counts and a driver-side tokenization of a sample; writes nothing."""
+    from transformers import AutoTokenizer
+
+    total = plan.documents.count()
+    sample = []
+    if plan.to_score:
+        fraction = min(1.0, 2.0 * DRY_RUN_SAMPLE / plan.to_score)
+        sample = [r[0] for r in plan.todo.sample(fraction=fraction, seed=0).select(options.text_col)
+                  .limit(DRY_RUN_SAMPLE).collect()]
+    tokenizer = AutoTokenizer.from_pretrained(options.model, revision=options.revision)
+    texts = [t.decode("utf-8", "replace") if isinstance(t, (bytes, bytearray)) else t for t in sample]
+    lengths = [len(tokenizer(t)["input_ids"]) for t in texts if t]
+    mean = sum(lengths) / len(lengths) if lengths else 0.0
+    print(f"dry run: {options.input} -> {options.output} [{options.mode}]")
+    print(f"documents: {total} in the input, {total - plan.to_score} already scored by this scorer (skipped), "
+          f"{plan.to_score} to score")
+    print(f"tokens: about {round(mean * plan.to_score)} ({mean:.0f} per document over a sample of {len(texts)}, "
+          f"tokenized here)")
+    print(f"partitions: {plan.partitions}"
+          + ("" if options.partitions else " (default: from the documents and cores/GPUs)"))
+    print(f"scorer {plan.fingerprint} {dumps(plan.readable)}")
+    print("nothing written")
+
+
+# ---------------------------------------------------------------- score
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What a run did: documents by status, tokens of the ok ones, seconds, the scorer and the table."""
+
+    output: str
+    fingerprint: str
+    by_status: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
+    elapsed: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def documents(self) -> int:
+        return sum(self.by_status.values())
+
+
+def compute_scores(spark, options: ScoreOptions, plan: ScorePlan):
+    """The scored rows, computed once and cached, and their (status, documents, tokens) counts.
+
+    The Arrow batch size is this job's setting only while its scoring stage runs.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from udfs.influence import ScoringSettings, score_documents
+
+    progress = Progress(spark, plan.to_score)
+    settings = ScoringSettings(model=options.model, heads=plan.heads, max_seq_len=plan.max_seq_len,
+                               dtype=plan.dtype, text_col=options.text_col, carry_cols=tuple(plan.carry),
+                               batch_tokens=options.batch_tokens, token_losses=bool(options.token_losses),
+                               fused=bool(options.fused), max_chars=options.max_chars, revision=options.revision,
+                               masking=options.masking, trust_remote_code=bool(options.trust_remote_code),
+                               allow_pickle_weights=bool(options.allow_pickle_weights))
+    scored = (score_documents(plan.todo.repartition(plan.partitions), settings, progress.counters)
+              .withColumn(SCORER_COLUMN, F.lit(plan.fingerprint))
+              .withColumn(SCORED_AT_COLUMN, F.current_timestamp()))
+    print(f"scoring {options.input} with {options.model} ({len(plan.heads)} heads masked {options.masking}, "
+          f"max_seq_len {plan.max_seq_len}, {plan.dtype}) -> {options.output} [{options.mode}]: {plan.to_score} "
+          f"documents in {plan.partitions} tasks", file=sys.stderr, flush=True)
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # score once; the write reads the cached rows
+    with session_setting(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(options.arrow_batch_size)):
+        with progress:  # prints documents, tokens, tokens/s and ETA every few seconds while the stage runs
+            stats = (scored.groupBy("status")
+                     .agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens")).collect())
+    return scored, stats
+
+
+# ---------------------------------------------------------------- write
+
+def table_properties_of(options: ScoreOptions, plan: ScorePlan) -> dict[str, str]:
+    """Provenance for readers of the table: the scorer, and the id and domain columns select.py uses."""
+    return {table_contract.SCORER: plan.fingerprint, table_contract.SCORER_CONFIG: dumps(plan.readable),
+            table_contract.ID_COL: options.id_col, table_contract.DOMAIN_COL: options.domain_col}
+
+
+def write_scores(spark, scored, options: ScoreOptions, output_exists: bool, properties: dict) -> None:
     """Overwrite: one atomic replace. Incremental: one MERGE (new ids inserted, stale scorers replaced)."""
     from pyspark.sql import functions as F
 
-    if args.mode == "overwrite":
-        replace_table(scored, args.output, properties)
+    if options.mode == "overwrite":
+        replace_table(scored, options.output, properties)
         return
     if not output_exists:  # create, never replace: a concurrent writer's table is merged into on retry
-        create_table(scored, args.output, properties)
+        create_table(scored, options.output, properties)
         return
-    same_id = F.col("t." + quote_identifier(args.id_col)) == F.col("s." + quote_identifier(args.id_col))
-    stale = "t.scorer <> s.scorer" + (" OR t.status = 'error'" if args.retry_errors else "")
-    (delta_table(spark, args.output).alias("t").merge(scored.alias("s"), same_id)
+    same_id = F.col("t." + quote_identifier(options.id_col)) == F.col("s." + quote_identifier(options.id_col))
+    stale = f"t.{SCORER_COLUMN} <> s.{SCORER_COLUMN}" + (" OR t.status = 'error'" if options.retry_errors else "")
+    (delta_table(spark, options.output).alias("t").merge(scored.alias("s"), same_id)
      .whenMatchedUpdateAll(condition=stale)
      .whenNotMatchedInsertAll()
      .execute())
-    if table_properties(spark, args.output).get(PROPERTY_PREFIX + "scorer") != properties[PROPERTY_PREFIX + "scorer"]:
-        set_table_properties(spark, args.output, properties)
+    if table_properties(spark, options.output).get(table_contract.SCORER) != properties[table_contract.SCORER]:
+        set_table_properties(spark, options.output, properties)
 
 
-COMMIT_CONFLICT_EXIT = 3
 _CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
               "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
               "ProtocolChangedException", "DELTA_CONCURRENT_", "TABLE_OR_VIEW_ALREADY_EXISTS",
               "FileAlreadyExistsException")
-
-
-class CommitConflict(Exception):
-    """Concurrent writers kept winning: one line on stderr and exit code 3, so that a rerun completes."""
 
 
 def is_commit_conflict(exc: BaseException) -> bool:
@@ -204,7 +367,7 @@ def is_commit_conflict(exc: BaseException) -> bool:
     return any(name in text for name in _CONFLICTS)
 
 
-def write_scores_with_retries(spark, scored, args, output_exists: bool, properties: dict) -> None:
+def write_scores_with_retries(spark, scored, options: ScoreOptions, output_exists: bool, properties: dict) -> None:
     """`write_scores`, again when a concurrent writer's commit conflicts with ours.
 
     The scores are computed (cached); each attempt re-reads the table: the MERGE leaves rows
@@ -213,125 +376,65 @@ def write_scores_with_retries(spark, scored, args, output_exists: bool, properti
     """
     import random
 
-    attempts = args.commit_attempts or 5
+    attempts = options.commit_attempts or 5
     for attempt in range(1, attempts + 1):
         try:
-            write_scores(spark, scored, args, output_exists, properties)
+            write_scores(spark, scored, options, output_exists, properties)
             return
         except Exception as exc:  # noqa: BLE001 - only conflicts are retried
             if not is_commit_conflict(exc):
                 raise
             reason = first_line(exc)[:200]
             if attempt == attempts:
-                raise CommitConflict(f"{args.output}: concurrent writers conflicted {attempts} times "
+                raise CommitConflict(f"{options.output}: concurrent writers conflicted {attempts} times "
                                      f"(last: {reason}); nothing of this run was committed, rerun to complete"
                                      ) from None
-            print(f"commit conflict on {args.output} (attempt {attempt}/{attempts}: {reason}); "
+            print(f"commit conflict on {options.output} (attempt {attempt}/{attempts}: {reason}); "
                   f"re-reading the table and retrying", file=sys.stderr, flush=True)
             time.sleep(random.uniform(0.5, 2.0) * attempt)
-            output_exists = args.mode == "incremental" and table_exists(spark, args.output)
+            output_exists = options.mode == "incremental" and table_exists(spark, options.output)
 
 
-def stage_failure_reason(exc: BaseException) -> str | None:
-    """One line for a job Spark aborted after a task failed `spark.task.maxFailures` times."""
-    import re
+# ---------------------------------------------------------------- report
 
-    match = re.search(r"Task (\d+) in stage ([\d.]+) failed (\d+) times?, most recent failure: (.*)", str(exc))
-    if not match:
-        return None
-    cause = re.sub(r"^Lost task \S+ in stage \S+ \([^)]*\) \([^)]*\): ", "", match.group(4).strip())
-    return (f"scoring task for partition {match.group(1)} (stage {match.group(2)}) failed {match.group(3)} times; "
-            f"the job was aborted and nothing was committed: {cause[:300]}")
+def report(summary: ScoreSummary) -> None:
+    """The run's last two lines on stdout (make demo keeps them for its summary's tokens/s)."""
+    elapsed = summary.elapsed
+    print(f"scored {summary.documents} documents ({summary.tokens} tokens) in {elapsed:.1f}s: "
+          f"{summary.tokens / elapsed if elapsed else 0:.0f} tokens/s; status {dumps(summary.by_status)}")
+    print(f"scorer {summary.fingerprint}; wrote {summary.output}")
+
+
+# ---------------------------------------------------------------- the job
+
+def run(spark, options: ScoreOptions, model: ModelCheck | None = None) -> ScoreSummary:
+    """Plan, score, write, report on `spark`; `model` is check_model_and_heads(options) when main did it already."""
+    model = model or check_model_and_heads(options)
+    planned = plan(spark, options, model)
+    if options.dry_run:
+        dry_run(options, planned)
+        return ScoreSummary(output=options.output, fingerprint=planned.fingerprint, dry_run=True)
+    started = time.time()
+    scored, stats = compute_scores(spark, options, planned)
+    elapsed = time.time() - started
+    by_status = {r["status"]: r["documents"] for r in stats}
+    if by_status or options.mode == "overwrite" or not planned.output_exists:  # nothing new: nothing written
+        write_scores_with_retries(spark, scored, options, planned.output_exists, table_properties_of(options, planned))
+    scored.unpersist()
+    tokens = sum(r["tokens"] or 0 for r in stats if r["status"] == "ok")
+    summary = ScoreSummary(output=options.output, fingerprint=planned.fingerprint, by_status=by_status,
+                           tokens=tokens, elapsed=elapsed)
+    report(summary)
+    return summary
 
 
 def main(argv=None):
-    """The job; a commit lost to concurrent writers exits 3, a task that failed every retry exits 1,
-    each with one line on stderr."""
-    try:
-        return _main(argv)
-    except CommitConflict as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return COMMIT_CONFLICT_EXIT
-    except Exception as exc:  # noqa: BLE001 - anything else goes on to run()
-        reason = stage_failure_reason(exc)
-        if reason is None:
-            raise
-        print(f"error: {reason}", file=sys.stderr)
-        return 1
-
-
-def _main(argv=None):
-    args = parse_flags("score", build_parser(), argv)
-    for flag in ("input", "output", "model", "heads"):
-        if not getattr(args, flag):
-            raise JobError(f"--{flag} is required")
-    check_table_name(args.input), check_table_name(args.output)  # before Spark starts
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    from attention_influence.loading import model_revision, resolve_dtype
-    from attention_influence.masking import MASKING_MODES
-    from udfs.influence import ScoringSettings, score_documents
-
-    if args.masking not in MASKING_MODES:  # a config file's value; the flag itself has choices
-        raise JobError(f"masking must be one of {', '.join(MASKING_MODES)}, got {args.masking!r}")
-    heads, max_seq_len = check_model_and_heads(args)
-    spark = get_spark("attention-influence-score")
-    gpu_cluster = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
-    dtype = resolve_dtype(args.dtype, "cuda" if gpu_cluster else "cpu")
-    fingerprint, readable = scorer_identity(args, heads, model_revision(args.model, args.revision), dtype,
-                                            max_seq_len)
-    documents = read_table(spark, args.input)
-    carry = check_input(documents, args)
-    output_exists = table_exists(spark, args.output)
-    todo = documents
-    if args.mode == "incremental" and output_exists:
-        done = read_table(spark, args.output).where(F.col("scorer") == fingerprint)
-        if args.retry_errors:
-            done = done.where(F.col("status") != "error")
-        id_col = quote_identifier(args.id_col)
-        done = done.select(F.col(id_col).alias("done_id"))
-        todo = documents.join(done, F.col(id_col) == F.col("done_id"), how="left_anti")
-    to_score = todo.count()
-    partitions = args.partitions or default_partitions(spark, to_score)
-    if args.dry_run:
-        return dry_run(documents, todo, to_score, partitions, args, fingerprint, readable)
-    todo = todo.repartition(partitions)
-    progress = Progress(spark, to_score)
-
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_size))
-    settings = ScoringSettings(model=args.model, heads=tuple(heads), max_seq_len=max_seq_len, dtype=dtype,
-                               text_col=args.text_col, carry_cols=tuple(carry), batch_tokens=args.batch_tokens,
-                               token_losses=bool(args.token_losses), fused=bool(args.fused),
-                               max_chars=args.max_chars, revision=args.revision, masking=args.masking,
-                               trust_remote_code=bool(args.trust_remote_code),
-                               allow_pickle_weights=bool(args.allow_pickle_weights))
-    scored = (score_documents(todo, settings, progress.counters)
-              .withColumn("scorer", F.lit(fingerprint))
-              .withColumn("scored_at", F.current_timestamp()))
-    print(f"scoring {args.input} with {args.model} ({len(heads)} heads masked {args.masking}, "
-          f"max_seq_len {max_seq_len}, {dtype}) -> {args.output} [{args.mode}]: {to_score} documents in "
-          f"{partitions} tasks", file=sys.stderr, flush=True)
-
-    started = time.time()
-    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # score once; the write reads the cached rows
-    with progress:  # prints documents, tokens, tokens/s and ETA every few seconds while the stage runs
-        stats = (scored.groupBy("status").agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens"))
-                 .collect())
-    elapsed = time.time() - started
-    by_status = {r["status"]: r["documents"] for r in stats}
-    if by_status or args.mode == "overwrite" or not output_exists:  # a rerun with nothing new writes nothing
-        properties = {PROPERTY_PREFIX + "scorer": fingerprint, PROPERTY_PREFIX + "scorer_config": dumps(readable),
-                      PROPERTY_PREFIX + "id_col": args.id_col, PROPERTY_PREFIX + "domain_col": args.domain_col}
-        write_scores_with_retries(spark, scored, args, output_exists, properties)
-    scored.unpersist()
-
-    tokens = sum(r["tokens"] or 0 for r in stats if r["status"] == "ok")
-    print(f"scored {sum(by_status.values())} documents ({tokens} tokens) in {elapsed:.1f}s: "
-          f"{tokens / elapsed if elapsed else 0:.0f} tokens/s; status {dumps(by_status)}")
-    print(f"scorer {fingerprint}; wrote {args.output}")
+    """Flags -> options; the model and heads are checked before Spark starts."""
+    options = parse_options(argv)
+    model = check_model_and_heads(options)
+    run(get_spark("attention-influence-score"), options, model)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(common.run(main))

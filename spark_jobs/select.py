@@ -13,13 +13,18 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import argparse
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from spark_jobs.common import (JobError, fraction, get_spark, new_parser, parse_flags, positive_int, quote_identifier,
-                               read_table, replace_table, run, table_exists, table_properties)
+from spark_jobs import common, table_contract
+from spark_jobs.common import (JobError, fraction, get_spark, new_parser, options_from, parse_flags, positive_int,
+                               quote_identifier, read_table, replace_table, session_setting, table_exists,
+                               table_properties)
 
 SELECT_TOP_SQL = Path(__file__).with_name("sql") / "select_top.sql"
+# Delta's SQL parser drops named parameters on Spark >= 4.1 (delta-io/delta#7640) unless they are
+# substituted as constants; conf/spark/*.conf set it, and the job sets it for its own query only.
+CONSTANT_PARAMETERS = "spark.sql.legacy.parameterSubstitution.constantsOnly"
 
 
 def build_parser():
@@ -37,59 +42,99 @@ def build_parser():
     return p
 
 
-def select_top(spark, scored, args):
-    """The selection as a DataFrame; the SQL text is in spark_jobs/sql/select_top.sql."""
+@dataclass(frozen=True, kw_only=True)
+class SelectOptions:
+    """What one selection needs; the flags of build_parser(), one field each (defaults: conf/select.yaml).
+
+    `id_col` and `domain_col` may be None: the columns score.py recorded in the table are used.
+    """
+
+    input: str
+    output: str
+    fraction: float
+    token_budget: int | None
+    by_domain: bool
+    min_tokens: int | None
+    id_col: str | None
+    domain_col: str | None
+
+
+def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> SelectOptions:
+    """Options from flags over `--config` over `settings` over conf/select.yaml (the edge of the job)."""
+    return options_from(SelectOptions, parse_flags("select", build_parser(), argv, settings), ("input", "output"))
+
+
+def options(**settings) -> SelectOptions:
+    """Options for a notebook or a test: conf/select.yaml's defaults with `settings` over them."""
+    return parse_options([], settings)
+
+
+def with_recorded_columns(spark, options: SelectOptions) -> SelectOptions:
+    """The id and domain columns: as given, else as score.py recorded them, else `id` and `domain`."""
+    recorded = table_properties(spark, options.input) if table_exists(spark, options.input) else {}
+    return replace(options, id_col=options.id_col or recorded.get(table_contract.ID_COL, "id"),
+                   domain_col=options.domain_col or recorded.get(table_contract.DOMAIN_COL, "domain"))
+
+
+def select_top(spark, scored, options: SelectOptions):
+    """The selection as a DataFrame; the SQL text is in spark_jobs/sql/select_top.sql.
+
+    Column names from flags are quoted, values are named parameters: neither becomes SQL text.
+    """
     from pyspark.sql import functions as F
 
     missing = [c for c in ("attention_influence", "status", "n_tokens") if c not in scored.columns]
-    if args.id_col not in scored.columns:
-        missing.append(args.id_col)
+    if options.id_col not in scored.columns:
+        missing.append(options.id_col)
     if missing:
-        raise JobError(f"input {args.input} is not a scored table: no column(s) {', '.join(missing)}")
-    domain = F.col(quote_identifier(args.domain_col)) if args.domain_col in scored.columns else F.lit(None)
-    source = (scored.withColumn("selection_id", F.col(quote_identifier(args.id_col)).cast("string"))
+        raise JobError(f"input {options.input} is not a scored table: no column(s) {', '.join(missing)}")
+    domain = F.col(quote_identifier(options.domain_col)) if options.domain_col in scored.columns else F.lit(None)
+    source = (scored.withColumn("selection_id", F.col(quote_identifier(options.id_col)).cast("string"))
               .withColumn("selection_domain", F.coalesce(domain.cast("string"), F.lit(""))))
     source.createOrReplaceTempView("candidates_source")
-    # Delta's SQL parser drops named parameters on Spark >= 4.1 (delta-io/delta#7640) unless
-    # they are substituted as constants; set it here too for sessions not started from conf/spark.
-    spark.conf.set("spark.sql.legacy.parameterSubstitution.constantsOnly", "true")
-    params = {"by_domain": bool(args.by_domain), "use_budget": args.token_budget is not None,
-              "fraction": float(args.fraction), "token_budget": int(args.token_budget or 0),
-              "min_tokens": int(args.min_tokens or 0)}
-    return spark.sql(SELECT_TOP_SQL.read_text(), args=params)
+    params = {"by_domain": bool(options.by_domain), "use_budget": options.token_budget is not None,
+              "fraction": float(options.fraction), "token_budget": int(options.token_budget or 0),
+              "min_tokens": int(options.min_tokens or 0)}
+    with session_setting(spark, CONSTANT_PARAMETERS, "true"):
+        return spark.sql(SELECT_TOP_SQL.read_text(), args=params)
 
 
-def main(argv=None):
-    args = parse_flags("select", build_parser(), argv)
+def report(spark, options: SelectOptions, scored) -> None:
+    """Per group: documents kept of the ok ones and their tokens; then the two best of each group."""
     from pyspark.sql import functions as F
 
-    spark = get_spark("attention-influence-select")
-    scored = read_table(spark, args.input)
-    recorded = table_properties(spark, args.input) if table_exists(spark, args.input) else {}
-    args.id_col = args.id_col or recorded.get("attention_influence.id_col", "id")
-    args.domain_col = args.domain_col or recorded.get("attention_influence.domain_col", "domain")
-    selected = select_top(spark, scored, args)
-    replace_table(selected, args.output)
-
-    result = read_table(spark, args.output)
-    group = args.domain_col if args.by_domain and args.domain_col in result.columns else None
+    result = read_table(spark, options.output)
+    group = options.domain_col if options.by_domain and options.domain_col in result.columns else None
+    by_group = [F.col(quote_identifier(group))] if group else []  # a name from a flag: quoted, never parsed
     candidates = scored.where(F.col("status") == "ok")
-    counts = (result.groupBy(group).agg(F.count("*").alias("selected"), F.sum("n_tokens").alias("tokens"))
-              if group else result.agg(F.count("*").alias("selected"), F.sum("n_tokens").alias("tokens")))
-    totals = dict(candidates.groupBy(group).count().collect()) if group else {None: candidates.count()}
-    print(f"selected from {args.input} -> {args.output}")
-    for row in counts.orderBy(group or "selected").collect():
+    counts = result.groupBy(*by_group).agg(F.count("*").alias("selected"), F.sum("n_tokens").alias("tokens"))
+    totals = dict(candidates.groupBy(*by_group).count().collect()) if group else {None: candidates.count()}
+    print(f"selected from {options.input} -> {options.output}")
+    for row in counts.orderBy(*(by_group or ["selected"])).collect():
         key = row[group] if group else None
         print(f"  {key or 'all'}: {row['selected']} of {totals.get(key, 0)} ok documents, {row['tokens']} tokens")
-    top = result.where(F.col("rank_in_domain") <= 2).orderBy(*( [group] if group else []), "rank_in_domain")
+    top = result.where(F.col("rank_in_domain") <= 2).orderBy(*by_group, "rank_in_domain")
     text_col = "text" if "text" in result.columns else None
     print("top documents:")
     for row in top.collect():
         snippet = " ".join(str(row[text_col]).split())[:70] if text_col else ""
-        print(f"  {row[group] if group else 'all'} #{row['rank_in_domain']} {row[args.id_col]} "
+        print(f"  {row[group] if group else 'all'} #{row['rank_in_domain']} {row[options.id_col]} "
               f"attention_influence={row['attention_influence']:.4f} {snippet}")
+
+
+def run(spark, options: SelectOptions) -> None:
+    """Select from `options.input` into `options.output` (replaced atomically) and print what was kept."""
+    scored = read_table(spark, options.input)
+    options = with_recorded_columns(spark, options)
+    replace_table(select_top(spark, scored, options), options.output)
+    report(spark, options, scored)
+
+
+def main(argv=None):
+    options = parse_options(argv)
+    run(get_spark("attention-influence-select"), options)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(common.run(main))

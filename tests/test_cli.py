@@ -90,3 +90,41 @@ def test_config_file_overrides_defaults_and_flags_override_it(tmp_path):
     config.write_text("fractoin: 0.3\n")
     with pytest.raises(JobError, match="fractoin"):
         parse_flags("select", select.build_parser(), ["--config", str(config)])
+
+
+@pytest.mark.parametrize("job", JOBS + ["register_tables"])
+def test_options_hold_every_flag_typed(job):
+    """Each job's options: one field per flag, built from conf/<job>.yaml with text settings typed by the flag."""
+    from dataclasses import FrozenInstanceError, fields
+    from importlib import import_module
+
+    module = import_module(f"spark_jobs.{job}")
+    options = module.parse_options([])
+    flags = {action.dest for action in module.build_parser()._actions} - {"help"}
+    assert {field.name for field in fields(options)} == flags
+    with pytest.raises(FrozenInstanceError):
+        setattr(options, next(iter(flags)), None)
+
+
+def test_options_from_settings_as_a_notebook_passes_them():
+    from spark_jobs import detect_heads, select
+    from spark_jobs.common import JobError
+
+    options = detect_heads.options(samples="2", top_fraction="0.5", model="m")
+    assert (options.samples, options.top_fraction, options.model) == (2, 0.5, "m")
+    with pytest.raises(JobError, match=r"^--heads-out is required$"):
+        detect_heads.options(heads_out=None)
+    with pytest.raises(JobError, match="unknown setting"):
+        select.options(fractoin="0.3")
+
+
+@pytest.mark.parametrize("job, args, message", [
+    ("build_corpus", ["--min-chars", "9", "--max-chars", "3"], "--min-chars (9) is above --max-chars (3)"),
+    ("register_tables", ["--tables", " , "], "--tables is empty"),
+    ("register_tables", ["--tables", "a;b"], "not a table name"),
+    ("select", ["--input", ""], "--input is required"),
+    ("detect_heads", ["--heads-out", ""], "--heads-out is required"),
+])
+def test_option_errors_stop_before_spark_starts(job, args, message):
+    """One line on stderr and nothing else: no Spark session was started for a run that cannot go on."""
+    assert message in one_line_error(run_cli(job, *args))

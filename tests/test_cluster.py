@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import score
+from spark_jobs import common, score
 from tests.conftest import FIXTURE_MODEL, REPO
 from tests.helpers import run_job, write_docs, write_heads
 
@@ -311,10 +311,10 @@ def test_stage_failure_reason_names_the_partition():
                "due to stage failure: Task 5 in stage 19.0 failed 4 times, most recent failure: Lost task 5.3 in "
                "stage 19.0 (TID 40) (127.0.0.1 executor 1): org.apache.spark.SparkException: Python worker exited "
                "unexpectedly (crashed)\n\tat org.apache.spark.api.python.BasePythonRunner")
-    assert score.stage_failure_reason(RuntimeError(message)) == (
+    assert common.stage_failure_reason(RuntimeError(message)) == (
         "scoring task for partition 5 (stage 19.0) failed 4 times; the job was aborted and nothing was committed: "
         "org.apache.spark.SparkException: Python worker exited unexpectedly (crashed)")
-    assert score.stage_failure_reason(RuntimeError("table not found")) is None
+    assert common.stage_failure_reason(RuntimeError("table not found")) is None
 
 
 def test_commit_conflict_is_retried_then_exit_3(spark, docs, tmp_path, monkeypatch, capsys):

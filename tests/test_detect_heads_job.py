@@ -8,7 +8,7 @@ import math
 import pytest
 
 from spark_jobs import detect_heads
-from tests.helpers import run_job
+from tests.helpers import copy_gain_removed, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,24 @@ def test_detect_heads_writes_table_json_and_heatmap(spark, fixture_detection, fi
     selected = sorted((r["layer"], r["head"]) for r in table.where("selected").collect())
     heads = [tuple(h) for h in document["heads"]]
     assert selected == heads and len(heads) == math.ceil(0.05 * n_heads)
-    assert [r["rank"] for r in table.orderBy("rank").collect()] == list(range(1, n_heads + 1))
+    ranked = table.orderBy("rank").collect()
+    assert [r["rank"] for r in ranked] == list(range(1, n_heads + 1))
+    assert [r["selected"] for r in ranked] == [True] * len(heads) + [False] * (n_heads - len(heads))
+    assert [r["retrieval_score"] for r in ranked] == sorted(document["scores"].values(), reverse=True)
+
+
+def test_the_table_ranking_is_the_order_heads_are_selected_in():
+    """Ties in score go to the lower (layer, head), in the table's rank as in select_heads."""
+    import numpy as np
+
+    from attention_influence.retrieval import select_heads
+
+    scores = np.array([[0.1, 0.9, 0.5], [0.9, 0.5, 0.0]])
+    ranking = detect_heads.head_ranking(scores)
+    assert ranking == [(0, 1), (1, 0), (0, 2), (1, 1), (0, 0), (1, 2)]
+    for top_fraction in (0.1, 0.34, 0.5, 0.67, 1.0):
+        heads = select_heads(scores, top_fraction)
+        assert sorted(ranking[:len(heads)]) == heads
 
 
 def test_a_too_short_context_is_a_user_error_naming_the_flag(tmp_path, fixture_model, capsys):
@@ -63,8 +80,6 @@ def test_detected_heads_of_the_real_model_carry_its_copying(spark, tmp_path, rea
     """SmolLM2: masking the heads found on a few short samples removes far more of the model's copy gain on
     repeated random tokens than masking as many random heads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tests.test_fixture_model import copy_gain_removed
 
     heads_out = tmp_path / "heads.json"
     code, _ = run_job(detect_heads, ["--model", real_model, "--output", tmp_path / "head_scores",

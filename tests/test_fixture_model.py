@@ -13,11 +13,10 @@ import torch.nn.functional as F
 
 from attention_influence.masking import mask_heads
 from attention_influence.retrieval import build_samples, retrieval_scores, select_heads
+from tests.helpers import SEG_LEN, repeated_sequences
 
 # TINY_LLAMA_FIXTURE points the tests at another build (e.g. a candidate before committing it).
 FIXTURE = Path(os.environ.get("TINY_LLAMA_FIXTURE") or Path(__file__).resolve().parent.parent / "fixtures" / "tiny-llama")
-SEG_LEN = 64
-SEEDS = (0, 1, 2, 3, 4, 5)
 CONTEXT_TOKENS = 640  # the paper's task with alphanumeric keys does not fit the fixture's 512-token rows
 
 
@@ -30,18 +29,6 @@ def loaded():
     tokenizer = AutoTokenizer.from_pretrained(FIXTURE)
     model = AutoModelForCausalLM.from_pretrained(FIXTURE, attn_implementation="eager", dtype=torch.float32)
     return model.eval(), tokenizer
-
-
-def repeated_sequences(tokenizer, vocab_size: int) -> torch.Tensor:
-    """Per seed: BOS, SEG_LEN random non-special token ids, the same ids again."""
-    specials = set(tokenizer.all_special_ids)
-    ordinary = [i for i in range(vocab_size) if i not in specials]
-    rows = []
-    for seed in SEEDS:
-        rng = random.Random(seed)
-        seg = [rng.choice(ordinary) for _ in range(SEG_LEN)]
-        rows.append([tokenizer.bos_token_id] + seg + seg)
-    return torch.tensor(rows)
 
 
 @torch.inference_mode()
@@ -108,28 +95,3 @@ def masking_increases(model, tokenizer, heads, draws: int = 20, mode: str = "zer
         with mask_heads(model, rng.sample(others, len(heads)), mode=mode):
             increases.append(second_copy_loss(model, ids) - base)
     return selected, sum(increases) / len(increases)
-
-
-@torch.inference_mode()
-def copy_gain_removed(model, tokenizer, heads, mode: str, draws: int = 5) -> tuple[float, float]:
-    """Share of the model's copy gain (first-copy loss - second-copy loss on repeated random tokens) that
-    masking `heads` removes, and the mean share for as many random other heads (`draws` seeded draws)."""
-    ids = repeated_sequences(tokenizer, model.config.vocab_size)
-
-    def losses() -> tuple[float, float]:
-        logits = model(input_ids=ids).logits.float()
-        first = F.cross_entropy(logits[:, :SEG_LEN].flatten(0, 1), ids[:, 1:SEG_LEN + 1].flatten())
-        second = F.cross_entropy(logits[:, SEG_LEN:-1].flatten(0, 1), ids[:, SEG_LEN + 1:].flatten())
-        return float(first), float(second)
-
-    first, second = losses()
-    gain = first - second
-
-    def removed(pick) -> float:
-        with mask_heads(model, pick, mode=mode):
-            return (losses()[1] - second) / gain
-
-    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    others = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in set(heads)]
-    rng = random.Random(0)
-    return removed(heads), sum(removed(rng.sample(others, len(heads))) for _ in range(draws)) / draws

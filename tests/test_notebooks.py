@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 
 import pytest
 
@@ -38,13 +37,17 @@ class FakeDbutils:
         self.widgets = FakeWidgets(values)
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_databricks_source_format(notebook):
-    text = notebook.read_text()
-    assert text.startswith("# Databricks notebook source\n")
-    assert text.count("# COMMAND ----------") >= 2
-    assert "# MAGIC %md" in text
-    assert 'globals().get("dbutils")' in text and 'globals().get("display")' in text
+def run_notebook(path, spark, dbutils, display):
+    """Run a Databricks source notebook as Databricks does: cell by cell (split at its COMMAND
+    markers) in one namespace that holds `spark`, `dbutils` and `display`."""
+    text = path.read_text()
+    header = "# Databricks notebook source\n"
+    assert text.startswith(header), f"{path.name} would import into Databricks as a plain file"
+    cells = text[len(header):].split("\n# COMMAND ----------\n")
+    namespace = {"spark": spark, "dbutils": dbutils, "display": display, "__name__": "__main__"}
+    for number, cell in enumerate(cells, 1):
+        exec(compile(cell, f"{path.name} cell {number}", "exec"), namespace)
+    return len(cells)
 
 
 def test_widgets_without_dbutils_are_the_defaults(spark, capsys):
@@ -56,7 +59,7 @@ def test_widgets_without_dbutils_are_the_defaults(spark, capsys):
     assert len(shown) == 1
 
 
-def test_notebooks_run_in_order_with_widgets(spark, tmp_path, monkeypatch, fixture_model):
+def test_notebooks_run_in_order_with_widgets(spark, tmp_path, monkeypatch, fixture_model, capsys):
     monkeypatch.delenv("ATTENTION_INFLUENCE_OUTPUT", raising=False)
     monkeypatch.delenv("ATTENTION_INFLUENCE_MODEL", raising=False)
     values = {"output_dir": str(tmp_path), "model": fixture_model, "per_domain": "6", "samples": "2",
@@ -66,8 +69,7 @@ def test_notebooks_run_in_order_with_widgets(spark, tmp_path, monkeypatch, fixtu
     declared = {}
     for notebook in NOTEBOOKS:
         dbutils = FakeDbutils(values)
-        runpy.run_path(str(notebook), init_globals={"spark": spark, "dbutils": dbutils, "display": displayed.append},
-                       run_name="__main__")
+        assert run_notebook(notebook, spark, dbutils, displayed.append) >= 2
         declared[notebook.name] = dbutils.widgets.declared
 
     # the widgets' defaults are the jobs' defaults from conf/*.yaml
@@ -92,12 +94,22 @@ def test_notebooks_run_in_order_with_widgets(spark, tmp_path, monkeypatch, fixtu
     heads = json.loads((tmp_path / "heads.json").read_text())
     assert heads["model"] == fixture_model
 
-    # display() got every table the notebooks show, as DataFrames
+    # display() got every table the notebooks show, as DataFrames: the head ranking first, best head on top
     assert len(displayed) >= 7 and all(hasattr(df, "collect") for df in displayed)
-    for name in ("influence_vs_length_and_loss.png", "selected_length_by_domain.png", "influence_by_domain.png"):
-        assert (tmp_path / "plots" / name).stat().st_size > 0
+    top_heads = displayed[0].collect()
+    assert [r["rank"] for r in top_heads] == list(range(1, len(top_heads) + 1))
+    assert sorted((r["layer"], r["head"]) for r in top_heads if r["selected"]) == sorted(map(tuple, heads["heads"]))
     analysis = (tmp_path / "analysis.txt").read_text()
     assert all(f"  {domain}: {n} documents" in analysis for domain, n in ok.items())
+
+    # a dry run from the score notebook writes nothing
+    from delta.tables import DeltaTable
+
+    version = DeltaTable.forPath(spark, str(tmp_path / "scored")).history(1).first()["version"]
+    run_notebook(REPO / "notebooks" / "02_score.py", spark, FakeDbutils(dict(values, dry_run="true", mode="overwrite")),
+                 displayed.append)
+    assert "nothing written" in capsys.readouterr().out
+    assert DeltaTable.forPath(spark, str(tmp_path / "scored")).history(1).first()["version"] == version
 
 
 def test_selection_bias_sql_against_pandas(spark, tmp_path):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from pyspark.sql import functions as F
 
-from spark_jobs import score
+from spark_jobs import score, table_contract
 from tests.helpers import SAMPLE_TEXTS, run_job, write_docs, write_heads
 
 pytestmark = pytest.mark.slow
@@ -148,18 +149,21 @@ def test_incremental_reruns(spark, tmp_path, fixture_model, heads, capsys):
 
 
 def test_changed_scorer_rescores_in_place(spark, tmp_path, fixture_model, heads):
+    from spark_jobs.common import table_properties
+
     corpus = write_docs(spark, SAMPLE_TEXTS[:3], tmp_path / "docs")
     output = str(tmp_path / "scored")
-    base = ["--input", corpus, "--output", output, "--model", fixture_model,
-            "--heads", write_heads(tmp_path / "heads.json", heads)]
-    assert run_job(score, base + ["--max-seq-len", MAX_SEQ_LEN])[0] == 0
-    assert run_job(score, base + ["--max-seq-len", MAX_SEQ_LEN * 2])[0] == 0
+    options = score.options(input=corpus, output=output, model=fixture_model,
+                            heads=write_heads(tmp_path / "heads.json", heads), max_seq_len=MAX_SEQ_LEN)
+    first = score.run(spark, options)
+    second = score.run(spark, replace(options, max_seq_len=MAX_SEQ_LEN * 2))
+    assert first.by_status == second.by_status == {"ok": 3} and first.fingerprint != second.fingerprint
     table = spark.read.format("delta").load(output)
-    assert table.count() == 3 and table.select("scorer").distinct().count() == 1
-    from spark_jobs.common import table_properties
+    assert table.count() == 3 and {r["scorer"] for r in table.collect()} == {second.fingerprint}
     props = table_properties(spark, output)
-    assert props["attention_influence.scorer"] == table.first()["scorer"]
-    assert f'"max_seq_len":{MAX_SEQ_LEN * 2}' in props["attention_influence.scorer_config"]
+    assert props[table_contract.SCORER] == second.fingerprint
+    assert f'"max_seq_len":{MAX_SEQ_LEN * 2}' in props[table_contract.SCORER_CONFIG]
+    assert (props[table_contract.ID_COL], props[table_contract.DOMAIN_COL]) == ("id", "domain")
 
 
 def test_masking_mode_is_part_of_the_scorer(spark, tmp_path, fixture_model, heads):
@@ -169,16 +173,17 @@ def test_masking_mode_is_part_of_the_scorer(spark, tmp_path, fixture_model, head
     docs = SAMPLE_TEXTS[:3]
     corpus = write_docs(spark, docs, tmp_path / "docs")
     output = str(tmp_path / "scored")
-    base = ["--input", corpus, "--output", output, "--model", fixture_model,
-            "--heads", write_heads(tmp_path / "heads.json", heads), "--max-seq-len", MAX_SEQ_LEN]
+    options = score.options(input=corpus, output=output, model=fixture_model,
+                            heads=write_heads(tmp_path / "heads.json", heads), max_seq_len=MAX_SEQ_LEN)
+    assert options.masking == "uniform"  # the default
     runs = {}
-    for masking, flags in [("zero-output", ["--masking", "zero-output"]), ("uniform", [])]:
-        assert run_job(score, base + flags)[0] == 0
+    for masking in ("zero-output", "uniform"):
+        summary = score.run(spark, replace(options, masking=masking))
         table = spark.read.format("delta").load(output)
-        assert table.count() == len(docs) and table.select("scorer").distinct().count() == 1
+        assert table.count() == len(docs) and {r["scorer"] for r in table.collect()} == {summary.fingerprint}
         props = table_properties(spark, output)
-        assert f'"masking":"{masking}"' in props["attention_influence.scorer_config"]
-        assert props["attention_influence.scorer"] == table.first()["scorer"]
+        assert f'"masking":"{masking}"' in props[table_contract.SCORER_CONFIG]
+        assert props[table_contract.SCORER] == summary.fingerprint
         runs[masking] = {r["id"]: r for r in table.collect()}
         expected = reference_scores(fixture_model, heads, [t for _, _, t in docs], masking=masking)
         for (doc_id, _, _), reference in zip(docs, expected):
@@ -192,14 +197,43 @@ def test_masking_mode_is_part_of_the_scorer(spark, tmp_path, fixture_model, head
 
 def test_overwrite_mode_replaces_the_table(spark, tmp_path, fixture_model, heads):
     output = str(tmp_path / "scored")
-    heads_file = write_heads(tmp_path / "heads.json", heads)
     big = write_docs(spark, SAMPLE_TEXTS, tmp_path / "big")
     small = write_docs(spark, SAMPLE_TEXTS[:2], tmp_path / "small")
-    common = ["--output", output, "--model", fixture_model, "--heads", heads_file, "--max-seq-len", MAX_SEQ_LEN]
-    assert run_job(score, ["--input", big] + common)[0] == 0
-    assert run_job(score, ["--input", small, "--mode", "overwrite"] + common)[0] == 0
+    options = score.options(input=big, output=output, model=fixture_model,
+                            heads=write_heads(tmp_path / "heads.json", heads), max_seq_len=MAX_SEQ_LEN)
+    score.run(spark, options)
+    assert score.run(spark, replace(options, input=small, mode="overwrite")).documents == 2
     ids = sorted(r["id"] for r in spark.read.format("delta").load(output).collect())
     assert ids == sorted(d for d, _, _ in SAMPLE_TEXTS[:2])
+
+
+def test_a_handed_session_keeps_its_arrow_batch_size(spark, tmp_path, fixture_model, heads):
+    """A notebook's session: the job's Arrow batch size holds while it scores, then the session's is back."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    options = score.options(input=write_docs(spark, SAMPLE_TEXTS[:2], tmp_path / "docs"),
+                            output=str(tmp_path / "scored"), model=fixture_model,
+                            heads=write_heads(tmp_path / "heads.json", heads), max_seq_len=MAX_SEQ_LEN,
+                            arrow_batch_size=1)
+    assert score.run(spark, options).by_status == {"ok": 2}
+    assert spark.conf.get(key) == before != "1"
+
+
+def test_input_columns_named_like_score_columns_are_refused(spark, tmp_path, fixture_model, heads, capsys):
+    """Every column the table gets from the UDF or from score.py is refused as an input column."""
+    from udfs.influence import SCORE_COLUMNS, TOKEN_LOSS_COLUMNS
+
+    names = [name for name, _ in SCORE_COLUMNS + TOKEN_LOSS_COLUMNS] + list(table_contract.ADDED_COLUMNS)
+    path = tmp_path / "docs"
+    frame = spark.createDataFrame(SAMPLE_TEXTS[:1], "id STRING, domain STRING, text STRING")
+    for name in names:
+        frame = frame.withColumn(name, frame["id"])
+    frame.write.format("delta").save(str(path))
+    code, out = run_job(score, ["--input", path, "--output", tmp_path / "out", "--model", fixture_model,
+                                "--heads", write_heads(tmp_path / "h.json", heads)], capsys)
+    message = out.err.strip().splitlines()[-1]
+    assert code == 2 and "clash with score columns" in message
+    assert all(name in message for name in names)
 
 
 def test_catalog_tables_and_custom_columns(spark, tmp_path, fixture_model, heads):

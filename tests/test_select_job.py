@@ -84,7 +84,53 @@ def test_not_a_scored_table_is_refused(spark, tmp_path, capsys):
     assert not (tmp_path / "sel").exists()
 
 
-def test_sql_text_is_in_the_repository_and_parameterised():
-    text = select.SELECT_TOP_SQL.read_text()
-    for name in ("by_domain", "use_budget", "fraction", "token_budget", "min_tokens"):
-        assert f":{name}" in text
+def test_quotes_and_sql_in_names_and_values_are_data(spark, tmp_path):
+    """Column names from flags and domain values with quotes, backticks and SQL select like plain ones."""
+    rows = [(f"it's-{i}", f"x'); DROP TABLE t; --", 10, 0.1 * i, "ok") for i in range(4)]
+    rows += [(f"b`{i}", "plain", 10, 0.1 * i, "ok") for i in range(2)]
+    path = str(tmp_path / "scored")
+    spark.createDataFrame(rows, "`doc'id` STRING, `dom``ain` STRING, n_tokens INT, attention_influence DOUBLE, "
+                                "status STRING").write.format("delta").save(path)
+    output = str(tmp_path / "selected")
+    select.run(spark, select.options(input=path, output=output, fraction=0.5, id_col="doc'id",
+                                     domain_col="dom`ain"))
+    kept = {(r["dom`ain"], r["doc'id"]) for r in spark.read.format("delta").load(output).collect()}
+    assert kept == {("x'); DROP TABLE t; --", "it's-3"), ("x'); DROP TABLE t; --", "it's-2"), ("plain", "b`1")}
+    assert spark.read.format("delta").load(path).count() == len(rows)  # the input is untouched
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.2, 0.34, 0.5, 1.0])
+def test_each_domain_keeps_the_ceiling_of_its_share(spark, scored, tmp_path, fraction):
+    """Per domain: ceil(fraction x its ok documents with a score), the best first, never a bad row."""
+    output = str(tmp_path / "selected")
+    select.run(spark, select.options(input=scored, output=output, fraction=fraction))
+    rows = selected(spark, output)
+    for domain in ("a", "b"):
+        candidates = sorted((r for r in scored_rows() if r[1] == domain and r[4] == "ok"),
+                            key=lambda r: (-r[3], r[0]))
+        expected = [r[0] for r in candidates[:math.ceil(fraction * len(candidates))]]
+        assert [r["id"] for r in rows if r["domain"] == domain] == expected
+
+
+def test_a_handed_session_keeps_its_settings(spark, scored, tmp_path):
+    """A notebook's session: the job's parameter setting holds for its query only, then is as it was."""
+    key = select.CONSTANT_PARAMETERS
+    before = spark.conf.get(key, None)
+    try:
+        spark.conf.unset(key)
+        select.run(spark, select.options(input=scored, output=str(tmp_path / "selected"), fraction=0.2))
+        assert spark.conf.get(key, None) is None
+        assert len(selected(spark, str(tmp_path / "selected"))) == 3
+        spark.conf.set(key, "false")
+        select.run(spark, select.options(input=scored, output=str(tmp_path / "again"), fraction=0.2))
+        assert spark.conf.get(key) == "false"
+    finally:
+        spark.conf.set(key, before) if before is not None else spark.conf.unset(key)
+
+
+def test_a_flag_value_with_sql_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse's own one-line exit
+        run_job(select, ["--input", tmp_path / "s", "--output", tmp_path / "o", "--fraction", "0.2 OR 1=1"])
+    assert exit_.value.code == 2 and "--fraction" in capsys.readouterr().err
+    code, out = run_job(select, ["--input", "db.t; DROP TABLE x", "--output", tmp_path / "o"], capsys)
+    assert code == 2 and "not a valid table name" in out.err
