@@ -114,13 +114,13 @@ def check_untrusted_model(name_or_path: str, trust_remote_code: bool = False,
         # A supported model_type loads with transformers' own classes, whatever auto_map says.
         if auto_map and model_type not in FAMILIES:
             raise ModelLoadError(f"model '{name_or_path}' needs its own Python code (auto_map in config.json); "
-                                 f"refused without --trust-remote-code")
+                                 f"refused without trust_remote_code")
     if not allow_pickle_weights and not any(path.glob("*.safetensors")) and not any(path.glob("*.gguf")):
         pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
         if pickles:
             named = ", ".join(pickles[:3])
             raise ModelLoadError(f"model '{name_or_path}' has only pickle weights ({named}), which can "
-                                 f"run code when loaded; convert them to safetensors or pass --allow-pickle-weights")
+                                 f"run code when loaded; convert them to safetensors or set allow_pickle_weights")
 
 
 def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -184,7 +184,7 @@ def load_model(name_or_path: str, dtype: str = "float32", device: torch.device |
             dtype=DTYPES[dtype],
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
-            # Without --allow-pickle-weights only safetensors are read (a hub id never falls back to .bin).
+            # Without allow_pickle_weights only safetensors are read (a hub id never falls back to .bin).
             use_safetensors=None if allow_pickle_weights else True,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

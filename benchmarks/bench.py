@@ -42,7 +42,9 @@ def parse_args():
     p.add_argument("--real-documents", type=int, default=16)
     p.add_argument("--real-max-chars", type=int, default=1500)
     p.add_argument("--real-max-seq-len", type=int, default=256)
-    p.add_argument("--real-batch-tokens", type=int, default=4096)
+    p.add_argument("--real-batch-tokens", type=int, default=0,
+                   help="0: the fastest fused batch_tokens of --real-batch-sweep (used for every real-model run)")
+    p.add_argument("--real-batch-sweep", default="512,1024,2048,4096")
     p.add_argument("--only-real", action="store_true", help="only the real-model measurements")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--masking", default=None, help="masking mode (default: the library's DEFAULT_MASKING where "
@@ -96,6 +98,34 @@ def spark_session(args):
     return get_spark("attention-influence-bench")
 
 
+UDF_CPU: dict = {}
+
+
+def process_tree_cpu(pid: int) -> tuple[float, float]:
+    """(CPU seconds of `pid`, of its live descendants) from /proc: where a Spark job's cores went."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(p):
+        try:
+            text = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            return None
+        fields = text[text.rindex(")") + 2:].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick  # ppid, utime + stime
+
+    stats = {int(d): stat(d) for d in os.listdir("/proc") if d.isdigit()}
+    stats = {p: v for p, v in stats.items() if v is not None}
+    children: dict[int, list[int]] = {}
+    for p, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(p)
+    descendants, todo = 0.0, list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        descendants += stats[p][1]
+        todo += children.get(p, [])
+    return stats.get(pid, (0, 0.0))[1], descendants
+
+
 def spark_udf_run(args, model_path: Path, heads, texts, dtype: str, max_seq_len: int, batch_tokens: int,
                   partitions: int) -> tuple[float, int, float]:
     """(seconds, tokens, warm-up seconds): a one-row warm-up job starts the Python worker and loads the
@@ -114,9 +144,18 @@ def spark_udf_run(args, model_path: Path, heads, texts, dtype: str, max_seq_len:
     frame = spark.createDataFrame([(str(i), t) for i, t in enumerate(texts)], "id STRING, text STRING")
     frame = frame.repartition(partitions).cache()
     frame.count()
+    jvm = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+    before = process_tree_cpu(jvm)
     started = time.perf_counter()
     rows = score_documents(frame, settings).agg(F.count("*"), F.sum("n_tokens")).first()
     elapsed = time.perf_counter() - started
+    after = process_tree_cpu(jvm)
+    jvm_s, python_s = after[0] - before[0], after[1] - before[1]
+    cores = os.cpu_count() or 1
+    print(f"    CPU during the UDF job: JVM {jvm_s:.1f}s, its child processes (Python workers) {python_s:.1f}s, "
+          f"of {elapsed * cores:.1f} core-seconds ({cores} cores x {elapsed:.1f}s); JVM share "
+          f"{jvm_s / (elapsed * cores):.1%}")
+    UDF_CPU.update(jvm_s=jvm_s, python_workers_s=python_s, core_s=elapsed * cores)
     frame.unpersist()
     assert rows[0] == len(texts)
     return elapsed, int(rows[1]), warm_up
@@ -170,9 +209,22 @@ def real_model_runs(args, results: dict, masking: str | None, scorer_kwargs: dic
     predicted = flops.predicted_fused_ratio(shape, first, context)
     print(f"real model {path.name}: {shape}, {len(texts)} documents, {sum(lengths)} tokens, max_seq_len "
           f"{args.real_max_seq_len}, masked heads (fixed list, no detection run) {heads}")
+    batch_tokens = args.real_batch_tokens
+    if not batch_tokens:  # on a CPU, small batches stay in cache: measure rather than assume a GPU-sized default
+        sweep = {}
+        for candidate in [int(x) for x in args.real_batch_sweep.split(",")]:
+            scorer = Scorer(model, tokenizer, heads, args.real_max_seq_len, batch_tokens=candidate, fused=True,
+                            **scorer_kwargs)
+            scorer.score(texts[:1])
+            elapsed, tokens = timed_score(scorer, texts)
+            sweep[candidate] = tokens / elapsed
+        batch_tokens = max(sweep, key=sweep.get)
+        results["real_batch_sweep"] = sweep
+        print("(real) fused tokens/s by batch_tokens: " + ", ".join(f"{k}: {v:,.0f}" for k, v in sweep.items())
+              + f"; using {batch_tokens}")
     speeds = {}
     for fused in (True, False):
-        scorer = Scorer(model, tokenizer, heads, args.real_max_seq_len, batch_tokens=args.real_batch_tokens,
+        scorer = Scorer(model, tokenizer, heads, args.real_max_seq_len, batch_tokens=batch_tokens,
                         fused=fused, **scorer_kwargs)
         scorer.score(texts[:1])  # warm-up
         elapsed, tokens = timed_score(scorer, texts, label=f"real_{'fused' if fused else 'two_pass'}")
@@ -183,6 +235,7 @@ def real_model_runs(args, results: dict, masking: str | None, scorer_kwargs: dic
     print(f"(real) naive, two model(ids, labels=ids) calls per window at batch size 1: {tokens} tokens in "
           f"{elapsed:.1f}s = {naive:,.1f} tokens/s")
     results["real"] = {"model": str(path), "documents": len(texts), "tokens": sum(lengths), "heads": heads,
+                       "batch_tokens": batch_tokens,
                        "plain_tokens_per_s": speeds[True], "two_pass_tokens_per_s": speeds[False],
                        "naive_tokens_per_s": naive, "fused_vs_two_pass": speeds[True] / speeds[False],
                        "predicted_fused_vs_two_pass": predicted, "vs_naive": speeds[True] / naive,
@@ -195,7 +248,7 @@ def real_model_runs(args, results: dict, masking: str | None, scorer_kwargs: dic
     if not args.skip_spark:
         del model
         elapsed, tokens, warm_up = spark_udf_run(args, path, heads, texts, "float32", args.real_max_seq_len,
-                                                 args.real_batch_tokens, partitions=2)
+                                                 batch_tokens, partitions=2)
         results["real"]["udf_tokens_per_s"] = tokens / elapsed
         results["real"]["udf_start_s"] = warm_up
         print(f"(real) Spark UDF path: {tokens} tokens in {elapsed:.1f}s = {tokens / elapsed:,.1f} tokens/s "
@@ -265,6 +318,7 @@ def main():
                                                  args.batch_tokens, partitions=4 * (os.cpu_count() or 1))
         results["udf_tokens_per_s"] = tokens / elapsed
         results["udf_start_s"] = warm_up
+        results["udf_cpu"] = dict(UDF_CPU)
         print(f"(b) Spark UDF path:     {tokens} tokens in {elapsed:.1f}s = {tokens / elapsed:,.0f} tokens/s "
               f"(worker start + model load before it, as for (a): {warm_up:.1f}s)")
 
@@ -299,6 +353,9 @@ def main():
     lines = []
     if "udf_tokens_per_s" in results:
         lines.append(("udf_vs_plain", results["udf_tokens_per_s"] / results["plain_tokens_per_s"]))
+        cpu = results["udf_cpu"]
+        lines += [("udf_jvm_cpu_share", cpu["jvm_s"] / cpu["core_s"]),
+                  ("udf_python_cpu_share", cpu["python_workers_s"] / cpu["core_s"])]
     mid_point = results["fused_sweep"][args.layers // 2]
     lines += [("fused_vs_two_pass", mid_point["ratio"]), ("fused_vs_two_pass_predicted", mid_point["flop_prediction"])]
     real = results.get("real")
@@ -313,7 +370,7 @@ def main():
                   ("real_vs_naive_cpu_time", real["cpu_seconds"]["real_naive"] / real["cpu_seconds"]["real_fused"])]
         if "udf_tokens_per_s" in real:
             lines.append(("real_udf_vs_plain", real["udf_tokens_per_s"] / real["plain_tokens_per_s"]))
-        lines += [("real_plain_tokens_per_s", real["plain_tokens_per_s"]),
+        lines += [("real_batch_tokens", real["batch_tokens"]), ("real_plain_tokens_per_s", real["plain_tokens_per_s"]),
                   ("real_naive_tokens_per_s", real["naive_tokens_per_s"])]
         if "udf_tokens_per_s" in real:
             lines.append(("real_udf_tokens_per_s", real["udf_tokens_per_s"]))

@@ -492,6 +492,15 @@ def stage_failure_reason(exc: BaseException) -> str | None:
             f"the job was aborted and nothing was committed: {cause[:300]}")
 
 
+# Core parameters that jobs expose as flags of the same name: the core's messages name the parameter.
+FLAG_PARAMETERS = ("context_tokens", "top_fraction", "samples", "trust_remote_code", "allow_pickle_weights")
+
+
+def in_flag_words(message: str) -> str:
+    """The core names its parameters (`trust_remote_code`); a user of a job knows them as flags."""
+    return re.sub(r"\b(" + "|".join(FLAG_PARAMETERS) + r")\b", lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a job's main, the one place exit codes come from: user errors one line on stderr and 2,
     a commit lost to concurrent writers 3, a task that failed every retry 1 (each one line)."""
@@ -509,8 +518,11 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
                 raise
             print(f"error: {reason}", file=sys.stderr)
             return 1
-    except (JobError, ModelLoadError, ValueError) as exc:
+    except JobError as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    except (ModelLoadError, ValueError) as exc:
+        print(f"error: {in_flag_words(first_line(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -15,15 +15,14 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from spark_jobs import common, table_contract
-from spark_jobs.common import (JobError, fraction, get_spark, new_parser, options_from, parse_flags, positive_int,
-                               replace_table)
+from spark_jobs.common import (JobError, fraction, get_spark, in_flag_words, new_parser, options_from, parse_flags,
+                               positive_int, replace_table)
 
 HEAD_SCORES_DDL = ("layer INT, head INT, retrieval_score DOUBLE, rank INT, selected BOOLEAN, "
                    "model STRING, detected_at TIMESTAMP")
@@ -100,8 +99,7 @@ class Progress:
 
 def as_flags(exc: ValueError) -> JobError:
     """The core names its parameters (`context_tokens`); a user of this job knows them as flags."""
-    names = r"\b(context_tokens|top_fraction|samples)\b"
-    return JobError(re.sub(names, lambda m: "--" + m.group(1).replace("_", "-"), str(exc)))
+    return JobError(in_flag_words(str(exc)))
 
 
 def plot_heatmap(scores, heads, path: Path, title: str) -> None:

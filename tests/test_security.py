@@ -90,7 +90,7 @@ def test_pickle_weights_load_only_when_allowed(tmp_path):
     original = AutoModelForCausalLM.from_pretrained(FIXTURE_MODEL, dtype=torch.float32).eval()
     model_dir = copy_model_without_weights(tmp_path / "pickled")
     torch.save(original.state_dict(), model_dir / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match="--allow-pickle-weights"):
+    with pytest.raises(ModelLoadError, match="allow_pickle_weights"):
         load_model(str(model_dir))
     loaded, tokenizer = load_model(str(model_dir), allow_pickle_weights=True)
     ids = tokenizer("Permission is hereby granted, free of charge.", return_tensors="pt").input_ids
