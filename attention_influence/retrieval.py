@@ -419,14 +419,20 @@ def masking_accuracies(model, tokenizer, samples: Sequence[RetrievalSample], hea
     }
 
 
+def head_ranking(scores: np.ndarray) -> list[tuple[int, int]]:
+    """Every head, best first: score descending, ties to the lower (layer, head). `select_heads`
+    takes its top fraction from this order and the head_scores table's `rank` is a place in it."""
+    n_layers, n_heads = scores.shape
+    return sorted(((layer, head) for layer in range(n_layers) for head in range(n_heads)),
+                  key=lambda lh: (-scores[lh], lh))
+
+
 def select_heads(scores: np.ndarray, top_fraction: float) -> list[tuple[int, int]]:
     """The top `top_fraction` of all heads by score (at least one), ties broken by (layer, head)."""
     if not 0 < top_fraction <= 1:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
-    n_layers, n_heads = scores.shape
-    k = max(1, math.ceil(top_fraction * n_layers * n_heads))
-    order = sorted(((-scores[l, h], l, h) for l in range(n_layers) for h in range(n_heads)))
-    return sorted((l, h) for _, l, h in order[:k])
+    k = max(1, math.ceil(top_fraction * scores.size))
+    return sorted(head_ranking(scores)[:k])
 
 
 def heads_document(model_name: str, revision: str | None, top_fraction: float,

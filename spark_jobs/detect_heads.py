@@ -124,14 +124,6 @@ def plot_heatmap(scores, heads, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def head_ranking(scores) -> list[tuple[int, int]]:
-    """Every head, best first: retrieval score descending, ties by (layer, head), the order
-    `select_heads` takes its top fraction from; the table's `rank` is a head's place here."""
-    n_layers, n_heads = scores.shape
-    return sorted(((layer, head) for layer in range(n_layers) for head in range(n_heads)),
-                  key=lambda lh: (-scores[lh], lh))
-
-
 @dataclass(frozen=True)
 class Detection:
     """A detection's results: per-head scores, the selected heads, the task accuracies and settings."""
@@ -193,6 +185,8 @@ def detect(options: DetectOptions) -> Detection:
 
 def write_head_scores(spark, options: DetectOptions, detection: Detection) -> None:
     """One row per head in ranking order, the selected ones flagged; the task's settings as table properties."""
+    from attention_influence.retrieval import head_ranking
+
     detected_at = datetime.now(timezone.utc).replace(tzinfo=None)
     selected = set(detection.heads)
     rows = [(layer, head, float(detection.scores[layer, head]), rank, (layer, head) in selected, options.model,

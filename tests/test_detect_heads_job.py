@@ -59,10 +59,10 @@ def test_the_table_ranking_is_the_order_heads_are_selected_in():
     """Ties in score go to the lower (layer, head), in the table's rank as in select_heads."""
     import numpy as np
 
-    from attention_influence.retrieval import select_heads
+    from attention_influence.retrieval import head_ranking, select_heads
 
     scores = np.array([[0.1, 0.9, 0.5], [0.9, 0.5, 0.0]])
-    ranking = detect_heads.head_ranking(scores)
+    ranking = head_ranking(scores)
     assert ranking == [(0, 1), (1, 0), (0, 2), (1, 1), (0, 0), (1, 2)]
     for top_fraction in (0.1, 0.34, 0.5, 0.67, 1.0):
         heads = select_heads(scores, top_fraction)
