@@ -1,7 +1,6 @@
 """Core scorer against independent references: a plain transformers forward with a test-owned pre-hook
 (zero-output masking) or with the test-owned uniform attention of tests/masking_reference.py."""
 
-import math
 import random
 
 import pytest
