@@ -24,8 +24,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from attention_influence.masking import (DEFAULT_MASKING, Head, check_masking, check_masking_supported, decoder_layers,
-                                         mask_checked_heads, validate_heads)
+from attention_influence.masking import DEFAULT_MASKING, Head, checked_heads, decoder_layers, mask_checked_heads
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 
@@ -149,9 +148,7 @@ def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: b
     first of them. Checks `heads` and `masking` as `mask_heads` does; the scorer, which checked them
     once, calls `_batch_losses`."""
     if heads:
-        check_masking(masking)
-        check_masking_supported(model, masking)
-        heads = validate_heads(model, heads)
+        heads = checked_heads(model, heads, masking)
     return _batch_losses(model, input_ids, heads, fused, masking)
 
 
@@ -219,9 +216,7 @@ class Scorer:
     stats: dict = field(default_factory=lambda: {"real_tokens": 0, "padded_tokens": 0, "oom_splits": 0})
 
     def __post_init__(self):
-        check_masking(self.masking, "masking")
-        check_masking_supported(self.model, self.masking)
-        self.heads = validate_heads(self.model, self.heads)
+        self.heads = checked_heads(self.model, self.heads, self.masking, "masking")
         if self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be at least 2, got {self.max_seq_len}")
         self.batch_tokens = max(int(self.batch_tokens), self.max_seq_len)

@@ -145,6 +145,14 @@ def validate_heads(model: nn.Module, heads: Sequence[Head]) -> list[Head]:
     return sorted(set((int(l), int(h)) for l, h in heads))
 
 
+def checked_heads(model: nn.Module, heads: Sequence[Head], mode: str, name: str = "mode") -> list[Head]:
+    """The core's one check of a masking request: `mode` (the error names the caller's parameter
+    `name`), that the model can be masked that way, and `heads` in range; `validate_heads`' list."""
+    check_masking(mode, name)
+    check_masking_supported(model, mode)
+    return validate_heads(model, heads)
+
+
 def _head_scale(width: int, head_dim: int, head_ids: list[int], layout: str) -> torch.Tensor:
     """1 everywhere but 0 over the chosen heads' slices of a last dimension `width` wide."""
     keep = torch.ones(width)
@@ -163,9 +171,7 @@ def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tenso
     batch can hold full and masked copies of the same windows (the fused pass).
     The entry for callers: `mode`, the model and `heads` are checked here.
     """
-    check_masking(mode)
-    check_masking_supported(model, mode)
-    with mask_checked_heads(model, validate_heads(model, heads), masked_rows, mode):
+    with mask_checked_heads(model, checked_heads(model, heads, mode), masked_rows, mode):
         yield
 
 
@@ -173,7 +179,7 @@ def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tenso
 def mask_checked_heads(model: nn.Module, heads: list[Head], masked_rows: torch.Tensor | None = None,
                        mode: str = DEFAULT_MASKING) -> Iterator[None]:
     """`mask_heads` without its checks, for a caller that made them once (the scorer masks every batch):
-    `heads` as `validate_heads` returns them, `mode` and the model as `check_masking_supported` accepts."""
+    `heads` as `checked_heads` returns them for this model and `mode`."""
     _, n_heads, head_dim = head_layout(model)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
