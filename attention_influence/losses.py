@@ -124,9 +124,17 @@ class _FanOut:
 
 
 def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 25) -> torch.Tensor:
-    """Cross-entropy of each next token in float32, computing logits a slice of rows at a time."""
+    """Cross-entropy of each next token in float32 (rows, length): on a CPU with the vocabulary in
+    blocks, elsewhere a slice of rows at a time (what has been measured on a GPU, docs/benchmarks.md)."""
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
+    if hidden.device.type == "cpu" and isinstance(head, torch.nn.Linear):
+        return _vocab_blocked_losses(head, softcap, hidden, targets, max_logits)
+    return _row_sliced_losses(head, softcap, hidden, targets, max_logits)
+
+
+def _row_sliced_losses(head, softcap, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int) -> torch.Tensor:
+    """Cross-entropy with the whole vocabulary's logits for a slice of rows at a time."""
     rows, length, _ = hidden.shape
     vocab = head.weight.shape[0]
     step = max(1, max_logits // max(1, length * vocab))
@@ -138,6 +146,51 @@ def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits
         part = targets[start:start + step]
         losses.append(F.cross_entropy(logits.reshape(-1, vocab), part.reshape(-1), reduction="none").view(part.shape))
     return torch.cat(losses)
+
+
+def vocab_block_size(hidden_size: int, vocab: int) -> int:
+    """Vocabulary rows per block: about 4 MiB of float32 weight, which stays in a CPU's cache, in a
+    multiple of 256 rows (matrix multiplies of an odd width ran 1.5x slower on SmolLM2's head)."""
+    return min(vocab, max(256, (1 << 20) // max(1, hidden_size) // 256 * 256))
+
+
+def _vocab_blocked_losses(head: torch.nn.Linear, softcap, hidden: torch.Tensor, targets: torch.Tensor,
+                          max_logits: int) -> torch.Tensor:
+    """Cross-entropy with the vocabulary in blocks and a running log-sum-exp.
+
+    The LM head's weight (SmolLM2: 49,152 x 576, 113 MB) does not fit in a CPU's cache, so one
+    [tokens, vocab] product streams it from memory for every slice of tokens, and the logits then make
+    two more trips through memory (log-softmax, gather). A block of the vocabulary is reused by every
+    token while it is in cache, and its logits are reduced at once: about 1.5x faster on SmolLM2's
+    head (docs/benchmarks.md, run 6). Same float32 values as `F.cross_entropy` to ~1e-6.
+    """
+    rows, length, width = hidden.shape
+    vocab = head.weight.shape[0]
+    flat_hidden, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
+    if flat_targets.numel() and (int(flat_targets.min()) < 0 or int(flat_targets.max()) >= vocab):
+        raise IndexError(f"target token id out of range for a vocabulary of {vocab}")
+    block = vocab_block_size(width, vocab)
+    token_step = max(1, max_logits // block)
+    losses = []
+    for token_start in range(0, flat_hidden.shape[0], token_step):
+        part = flat_hidden[token_start:token_start + token_step]
+        part_targets = flat_targets[token_start:token_start + token_step]
+        running_max = torch.full((part.shape[0],), -math.inf, dtype=torch.float32)
+        sum_exp = torch.zeros(part.shape[0], dtype=torch.float32)
+        target_logit = torch.zeros(part.shape[0], dtype=torch.float32)
+        for start in range(0, vocab, block):
+            bias = head.bias[start:start + block] if head.bias is not None else None
+            logits = F.linear(part, head.weight[start:start + block], bias).float()
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            local = part_targets - start
+            picked = logits.gather(1, local.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
+            target_logit = torch.where((local >= 0) & (local < logits.shape[1]), picked, target_logit)
+            new_max = torch.maximum(running_max, logits.amax(dim=1))
+            sum_exp = sum_exp * torch.exp(running_max - new_max) + logits.sub_(new_max[:, None]).exp_().sum(dim=1)
+            running_max = new_max
+        losses.append(running_max + torch.log(sum_exp) - target_logit)
+    return torch.cat(losses).view(rows, length)
 
 
 def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: bool = True,

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attention_influence import losses
 from attention_influence.losses import Scorer, batch_losses, padding_waste, plan_batches, split_windows
 from attention_influence.masking import UnsupportedArchitectureError, mask_heads, validate_heads
 from tests.masking_reference import reference_uniform_losses
@@ -179,3 +180,37 @@ def test_unsupported_architecture_is_named():
                                        intermediate_size=32, is_decoder=True))
     with pytest.raises(UnsupportedArchitectureError, match="'bert'"):
         validate_heads(model, [(0, 0)])
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+@pytest.mark.parametrize("cross_entropy", ["_vocab_blocked_losses", "_row_sliced_losses"])
+def test_both_cross_entropy_paths_match_a_float64_reference(cross_entropy, softcap):
+    """The CPU path (vocabulary blocks, running log-sum-exp) and the GPU path (row slices), against a
+    plain float64 cross-entropy: 4 blocks of 256 with a partial last one, targets at block edges, and
+    a token budget that cuts the rows into slices."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4096, 1000, bias=True)
+    assert losses.vocab_block_size(4096, 1000) == 256
+    hidden = torch.randn(3, 7, 4096)
+    targets = torch.randint(0, 1000, (3, 7))
+    targets[0, :5] = torch.tensor([0, 255, 256, 768, 999])
+    logits = F.linear(hidden.double(), head.weight.double(), head.bias.double())
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = F.cross_entropy(logits.reshape(-1, 1000), targets.reshape(-1), reduction="none").view(3, 7)
+    with torch.inference_mode():
+        got = getattr(losses, cross_entropy)(head, softcap, hidden, targets, 256 * 5)
+    assert got.dtype == torch.float32 and got.shape == (3, 7)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_vocab_blocks_are_cache_sized_multiples_of_256():
+    assert losses.vocab_block_size(576, 49152) == 1792  # SmolLM2: 4 MiB of weight, rounded down
+    assert losses.vocab_block_size(64, 2048) == 2048  # a tiny vocabulary is one block
+    assert losses.vocab_block_size(8192, 155136) == 256
+
+
+def test_a_target_outside_the_vocabulary_is_an_error_not_a_zero_logit():
+    head = torch.nn.Linear(16, 300, bias=False)
+    with torch.inference_mode(), pytest.raises(IndexError, match="vocabulary of 300"):
+        losses._vocab_blocked_losses(head, None, torch.randn(1, 2, 16), torch.tensor([[1, 300]]), 1 << 20)
