@@ -155,7 +155,7 @@ def vocab_block_size(hidden_size: int, vocab: int) -> int:
 
 
 def _vocab_blocked_losses(head: torch.nn.Linear, softcap, hidden: torch.Tensor, targets: torch.Tensor,
-                          max_logits: int) -> torch.Tensor:
+                          max_logits: int, block: int | None = None) -> torch.Tensor:
     """Cross-entropy with the vocabulary in blocks and a running log-sum-exp.
 
     The LM head's weight (SmolLM2: 49,152 x 576, 113 MB) does not fit in a CPU's cache, so one
@@ -169,15 +169,15 @@ def _vocab_blocked_losses(head: torch.nn.Linear, softcap, hidden: torch.Tensor, 
     flat_hidden, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
     if flat_targets.numel() and (int(flat_targets.min()) < 0 or int(flat_targets.max()) >= vocab):
         raise IndexError(f"target token id out of range for a vocabulary of {vocab}")
-    block = vocab_block_size(width, vocab)
+    block = block or vocab_block_size(width, vocab)  # `block`: a GPU benchmark tries larger ones
     token_step = max(1, max_logits // block)
     losses = []
     for token_start in range(0, flat_hidden.shape[0], token_step):
         part = flat_hidden[token_start:token_start + token_step]
         part_targets = flat_targets[token_start:token_start + token_step]
-        running_max = torch.full((part.shape[0],), -math.inf, dtype=torch.float32)
-        sum_exp = torch.zeros(part.shape[0], dtype=torch.float32)
-        target_logit = torch.zeros(part.shape[0], dtype=torch.float32)
+        running_max = torch.full((part.shape[0],), -math.inf, dtype=torch.float32, device=part.device)
+        sum_exp = torch.zeros_like(running_max)
+        target_logit = torch.zeros_like(running_max)
         for start in range(0, vocab, block):
             bias = head.bias[start:start + block] if head.bias is not None else None
             logits = F.linear(part, head.weight[start:start + block], bias).float()
@@ -219,11 +219,16 @@ def _batch_losses(model, input_ids: torch.Tensor, heads: list[Head], fused: bool
             hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         return full, _token_losses(model, hidden, targets)
     rows = input_ids.shape[0]
+    both = _token_losses(model, _fused_hidden(model, input_ids, heads, masking), torch.cat([targets, targets]))
+    return both[:rows], both[rows:]
+
+
+def _fused_hidden(model, input_ids: torch.Tensor, heads: list[Head], masking: str) -> torch.Tensor:
+    """Last hidden states of the fused pass, (2 x rows, length-1): the full rows, then the masked ones."""
+    rows = input_ids.shape[0]
     masked_rows = torch.arange(2 * rows, device=input_ids.device) >= rows
     with _FanOut(model, min(layer for layer, _ in heads)), mask_checked_heads(model, heads, masked_rows, masking):
-        hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    both = _token_losses(model, hidden, torch.cat([targets, targets]))
-    return both[:rows], both[rows:]
+        return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
 
 
 @dataclass

@@ -328,6 +328,72 @@ def udf_function(model, tokenizer, texts, heads, max_seq_len, batch_tokens, devi
             "tokens_per_s": tokens / elapsed}
 
 
+def profile_fused(name, model, tokenizer, heads, max_seq_len, batch_tokens, device, masking, out_dir: Path,
+                  shape, first: int) -> dict:
+    """Where one fused batch of full-length windows spends its time, to attribute the gap to the MFU goal.
+
+    Times the decoder layers (with the fan-out and masking hooks) and the LM head with cross-entropy
+    apart, on the same hidden states, and both cross-entropy paths of the core (row slices, the GPU's;
+    vocabulary blocks with a running log-sum-exp, the CPU's) at a few block sizes, so a GPU run shows
+    which to keep. torch.profiler's top operators go to <out>/profile-<shape>.txt.
+    """
+    import random
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from attention_influence import losses
+    from attention_influence.masking import DEFAULT_MASKING, checked_heads
+
+    mode = masking or DEFAULT_MASKING
+    checked = checked_heads(model, heads, mode)
+    rng = random.Random(0)
+    rows = max(1, batch_tokens // 2 // max_seq_len)  # the fused pass plans half the budget per batch
+    ids = torch.tensor([[rng.randrange(tokenizer.vocab_size) for _ in range(max_seq_len)] for _ in range(rows)],
+                       device=device)
+    targets = torch.cat([ids[:, 1:], ids[:, 1:]])
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    def timed(fn, repeats: int = 3):
+        with torch.inference_mode():
+            out = fn()
+            sync(device)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                out = fn()
+            sync(device)
+        return (time.perf_counter() - started) / repeats, out
+
+    layers_s, hidden = timed(lambda: losses._fused_hidden(model, ids, checked, mode))
+    head_s, reference = timed(lambda: losses._token_losses(model, hidden, targets))
+    tokens = rows * (max_seq_len - 1)
+    layer_flops = flops.fused_flops(shape, first, flops.mean_context([max_seq_len])) - 2 * flops.head_flops(shape)
+    result = {"rows": rows, "max_seq_len": max_seq_len, "layers_s": layers_s, "head_and_loss_s": head_s,
+              "head_and_loss_share": head_s / (layers_s + head_s),
+              "layers_tflops_per_s": layer_flops * tokens / layers_s / 1e12,
+              "head_tflops_per_s": 2 * flops.head_flops(shape) * tokens / head_s / 1e12}
+    blocks = sorted({losses.vocab_block_size(shape.hidden, shape.vocab), 8192, 32768})
+    paths = [("row_slices", lambda: losses._row_sliced_losses(head, softcap, hidden, targets, 1 << 25))]
+    if isinstance(head, torch.nn.Linear):
+        paths += [(f"vocab_blocks_{b}", lambda b=b: losses._vocab_blocked_losses(head, softcap, hidden, targets,
+                                                                                1 << 25, b)) for b in blocks]
+    result["cross_entropy_paths"] = {}
+    for label, fn in paths:
+        seconds, values = timed(fn)
+        result["cross_entropy_paths"][label] = {
+            "seconds": seconds, "max_abs_difference_from_default": float((values - reference).abs().max())}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if str(device).startswith("cuda") else [])
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        losses._batch_losses(model, ids, checked, True, mode)
+        sync(device)
+    sort = "cuda_time_total" if str(device).startswith("cuda") else "cpu_time_total"
+    path = out_dir / f"profile-{name}.txt"
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
+    result["profile_table"] = path.name
+    return result
+
+
 def try_compile(model, tokenizer, texts, heads, max_seq_len, batch_tokens, device, kwargs, eager_tps, seconds):
     """torch.compile of the decoder layers; kept only if it scores the same as eager and beats it.
 
@@ -455,6 +521,10 @@ def bench_shape(name: str, args, device: str, dtype: str, fixture_tokenizer) -> 
                                     seconds=min(30, left(args) / 4))
             result["plain_vs_naive"] = result["fused"]["tokens_per_s"] / result["naive"]["tokens_per_s"]
             log(f"{name}: naive {result['naive']}")
+        if enough(args, 20):
+            result["profile"] = profile_fused(name, model, tokenizer, heads, max_seq_len, batch_tokens, device,
+                                              masking, Path(args.out), shape, first)
+            log(f"{name}: profile of one fused batch {result['profile']}")
         if (args.compile == "on" or (args.compile == "auto" and device.startswith("cuda"))) and enough(args, 120):
             result["compile"] = try_compile(model, tokenizer, texts, heads, max_seq_len, batch_tokens, device,
                                             kwargs, result["fused"]["tokens_per_s"], seconds=min(90, left(args) / 3))
@@ -554,6 +624,9 @@ def key_values(shapes: dict) -> list[tuple[str, str]]:
                           ("udf_function_tokens_per_s", ("udf_function", "tokens_per_s")),
                           ("udf_function_vs_plain", ("udf_function_vs_plain",)),
                           ("mfu", ("mfu",)),
+                          ("head_and_loss_share", ("profile", "head_and_loss_share")),
+                          ("layers_tflops_per_s", ("profile", "layers_tflops_per_s")),
+                          ("head_tflops_per_s", ("profile", "head_tflops_per_s")),
                           ("compile_speedup", ("compile", "speedup"))]:
             value = r
             for part in path:

@@ -32,6 +32,13 @@ def test_gpu_benchmark_smoke_runs_on_the_cpu_and_writes_its_results(tmp_path):
                                            shape["mean_context"])
     assert shape["predicted_fused_vs_two_pass"] == pytest.approx(expected)
     assert shape["mfu"] is None  # no GPU peak to divide by on the CPU
+    profile = shape["profile"]
+    assert 0 < profile["head_and_loss_share"] < 1 and profile["layers_s"] > 0
+    paths = profile["cross_entropy_paths"]
+    assert "row_slices" in paths and any(label.startswith("vocab_blocks_") for label in paths)
+    for label, path in paths.items():  # every path scores the batch the way the default one does
+        assert path["seconds"] > 0 and path["max_abs_difference_from_default"] < 1e-3, (label, path)
+    assert "aten::" in (out / profile["profile_table"]).read_text()
     lines = dict(line.split("=", 1) for line in (out / "results.txt").read_text().splitlines())
     assert float(lines["paper_1_3b_fused_vs_two_pass"]) > 0
     assert (out / "log.txt").exists()
