@@ -42,3 +42,31 @@ def test_gpu_benchmark_smoke_runs_on_the_cpu_and_writes_its_results(tmp_path):
     lines = dict(line.split("=", 1) for line in (out / "results.txt").read_text().splitlines())
     assert float(lines["paper_1_3b_fused_vs_two_pass"]) > 0
     assert (out / "log.txt").exists()
+
+
+def test_compiling_all_but_attention_keeps_the_masking_and_compiles_once(real_model):
+    """gpu_bench's compile step: the masking hooks live in the attention modules, which stay eager,
+    so compiled MLPs and norms give eager's losses (influence included) for batches of several shapes
+    without compiling again per batch or per pass (whole compiled layers once ran the masked pass unmasked)."""
+    import torch
+    import torch._dynamo
+
+    from attention_influence.loading import load_model
+    from attention_influence.losses import Scorer
+    from benchmarks.gpu_bench import SMOLLM2_HEADS, compiled_hook_free_parts
+
+    model, tokenizer = load_model(real_model, dtype="float32", device="cpu")
+    texts = ["def add(a, b):\n    return a + b\n" * 6, "The licence grants permission to copy. " * 12,
+             "A short one."]
+    eager = Scorer(model, tokenizer, SMOLLM2_HEADS, 64, batch_tokens=128).score(texts)
+    with compiled_hook_free_parts(model) as modules:
+        torch._dynamo.utils.counters.clear()
+        compiled = Scorer(model, tokenizer, SMOLLM2_HEADS, 64, batch_tokens=128).score(texts)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert modules == 3 * model.config.num_hidden_layers  # MLP and two norms per layer
+    assert 1 <= graphs <= 4, graphs  # one per module kind (dynamic shapes), not one per batch or layer
+    for a, b in zip(eager, compiled):
+        assert b.loss_full == pytest.approx(a.loss_full, abs=1e-5)
+        assert b.loss_masked == pytest.approx(a.loss_masked, abs=1e-5)
+        assert abs(a.loss_masked - a.loss_full) > 1e-3  # the heads are masked in both, not just equal
+    assert all("forward" not in part.__dict__ for layer in model.model.layers for part in layer.children())
