@@ -133,6 +133,11 @@ def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits
     return _row_sliced_losses(head, softcap, hidden, targets, max_logits)
 
 
+def _softcapped(logits: torch.Tensor, softcap) -> torch.Tensor:
+    """Gemma 2's final logit softcapping, where the config asks for it; both loss paths apply it."""
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def _row_sliced_losses(head, softcap, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int) -> torch.Tensor:
     """Cross-entropy with the whole vocabulary's logits for a slice of rows at a time."""
     rows, length, _ = hidden.shape
@@ -140,9 +145,7 @@ def _row_sliced_losses(head, softcap, hidden: torch.Tensor, targets: torch.Tenso
     step = max(1, max_logits // max(1, length * vocab))
     losses = []
     for start in range(0, rows, step):
-        logits = head(hidden[start:start + step]).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = _softcapped(head(hidden[start:start + step]).float(), softcap)
         part = targets[start:start + step]
         losses.append(F.cross_entropy(logits.reshape(-1, vocab), part.reshape(-1), reduction="none").view(part.shape))
     return torch.cat(losses)
@@ -180,9 +183,7 @@ def _vocab_blocked_losses(head: torch.nn.Linear, softcap, hidden: torch.Tensor, 
         target_logit = torch.zeros_like(running_max)
         for start in range(0, vocab, block):
             bias = head.bias[start:start + block] if head.bias is not None else None
-            logits = F.linear(part, head.weight[start:start + block], bias).float()
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
+            logits = _softcapped(F.linear(part, head.weight[start:start + block], bias).float(), softcap)
             local = part_targets - start
             picked = logits.gather(1, local.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
             target_logit = torch.where((local >= 0) & (local < logits.shape[1]), picked, target_logit)

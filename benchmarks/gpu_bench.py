@@ -182,6 +182,11 @@ def naive(model, tokenizer, texts, heads, max_seq_len, device, masking, seconds:
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
 
 
+def random_windows(rng, tokenizer, rows: int, length: int) -> list[list[int]]:
+    """Full-length windows of random token ids: a batch whose shape, not its text, is measured."""
+    return [[rng.randrange(tokenizer.vocab_size) for _ in range(length)] for _ in range(rows)]
+
+
 def batch_sweep(model, tokenizer, heads, max_seq_len, device, kwargs, start: int, seconds: float,
                 max_points: int = 8) -> dict:
     """Largest batch_tokens whose fused batch of full-length windows runs, with its speed and peak memory."""
@@ -195,7 +200,7 @@ def batch_sweep(model, tokenizer, heads, max_seq_len, device, kwargs, start: int
     points, batch_tokens, started = [], start, time.perf_counter()
     while time.perf_counter() - started < seconds and len(points) < max_points:
         rows = max(1, batch_tokens // max_seq_len)
-        windows = [[rng.randrange(tokenizer.vocab_size) for _ in range(max_seq_len)] for _ in range(rows)]
+        windows = random_windows(rng, tokenizer, rows, max_seq_len)
         scorer = Scorer(model, tokenizer, heads, max_seq_len, batch_tokens=2 * batch_tokens, fused=True, **kwargs)
         try:
             if str(device).startswith("cuda"):
@@ -350,8 +355,7 @@ def profile_fused(name, model, tokenizer, heads, max_seq_len, batch_tokens, devi
     checked = checked_heads(model, heads, mode)
     rng = random.Random(0)
     rows = max(1, batch_tokens // 2 // max_seq_len)  # the fused pass plans half the budget per batch
-    ids = torch.tensor([[rng.randrange(tokenizer.vocab_size) for _ in range(max_seq_len)] for _ in range(rows)],
-                       device=device)
+    ids = torch.tensor(random_windows(rng, tokenizer, rows, max_seq_len), device=device)
     targets = torch.cat([ids[:, 1:], ids[:, 1:]])
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
