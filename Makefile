@@ -67,9 +67,11 @@ sql:
 test: install model
 	$(PY) -m pytest -ra
 
-# CPU ratios (synthetic model + SmolLM2-135M real weights); about 10 minutes on 2 idle cores.
+# CPU ratios (synthetic model + SmolLM2-135M real weights), then what committing in slices costs
+# (sliced_vs_oneshot); about 18 minutes on 2 idle cores.
 bench: install model
 	$(PY) benchmarks/bench.py --real-model models/smollm2-135m-instruct
+	$(PY) benchmarks/slicing.py --model models/smollm2-135m-instruct
 
 # The GPU benchmark, one command of at most 8 minutes (docs/benchmarks.md); --smoke runs it on the CPU.
 bench-gpu: install

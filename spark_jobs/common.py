@@ -151,6 +151,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -365,7 +372,7 @@ def delta_table(spark, ref: str):
 
 def create_table(df, ref: str, properties: dict[str, str] | None = None) -> None:
     """Create a Delta table (one commit); fails if another writer created it first."""
-    writer = df.writeTo(_v2_name(ref)).using("delta")
+    writer = df.writeTo(v2_name(ref)).using("delta")
     for key, value in (properties or {}).items():
         writer = writer.tableProperty(key, value)
     writer.create()
@@ -373,7 +380,7 @@ def create_table(df, ref: str, properties: dict[str, str] | None = None) -> None
 
 def replace_table(df, ref: str, properties: dict[str, str] | None = None) -> None:
     """Create or atomically replace a Delta table (one commit) with the given properties."""
-    writer = df.writeTo(_v2_name(ref)).using("delta")
+    writer = df.writeTo(v2_name(ref)).using("delta")
     for key, value in (properties or {}).items():
         writer = writer.tableProperty(key, value)
     writer.createOrReplace()
@@ -384,7 +391,8 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _v2_name(ref: str) -> str:
+def v2_name(ref: str) -> str:
+    """A table reference for SQL text: delta.`/abs/path` or the checked catalog name."""
     if is_path(ref):
         return "delta.`" + os.path.abspath(ref).replace("`", "``") + "`"
     return check_table_name(ref)
@@ -401,11 +409,16 @@ def set_table_properties(spark, ref: str, properties: dict[str, str]) -> None:
     if not properties:
         return
     pairs = ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in properties.items())
-    spark.sql(f"ALTER TABLE {_v2_name(ref)} SET TBLPROPERTIES ({pairs})")
+    spark.sql(f"ALTER TABLE {v2_name(ref)} SET TBLPROPERTIES ({pairs})")
 
 
 def table_properties(spark, ref: str) -> dict[str, str]:
-    return dict(delta_table(spark, ref).detail().select("properties").first()[0] or {})
+    return dict(table_detail(spark, ref)["properties"] or {})
+
+
+def table_detail(spark, ref: str):
+    """DESCRIBE DETAIL's one row (format, location, numFiles, properties, ...): SQL, so any session can ask."""
+    return spark.sql(f"DESCRIBE DETAIL {v2_name(ref)}").first()
 
 
 @contextmanager
@@ -476,6 +489,11 @@ def register_delta_table(spark, name: str, path: str) -> str:
 # ---------------------------------------------------------------- running a job
 
 COMMIT_CONFLICT_EXIT = 3
+STOPPED_EXIT = 75  # EX_TEMPFAIL: stopped on request (SIGTERM, Ctrl-C), what was committed is consistent; rerun
+
+
+class Stopped(Exception):
+    """A run stopped on request after committing what it had: one line on stderr and exit code 75."""
 
 
 class CommitConflict(Exception):
@@ -489,7 +507,8 @@ def stage_failure_reason(exc: BaseException) -> str | None:
         return None
     cause = re.sub(r"^Lost task \S+ in stage \S+ \([^)]*\) \([^)]*\): ", "", match.group(4).strip())
     return (f"scoring task for partition {match.group(1)} (stage {match.group(2)}) failed {match.group(3)} times; "
-            f"the job was aborted and nothing was committed: {cause[:300]}")
+            f"the run was aborted; slices committed before it stay, this slice was not committed (rerun to resume): "
+            f"{cause[:300]}")
 
 
 # Core parameters that jobs expose as flags of the same name: the core's messages name the parameter.
@@ -503,7 +522,8 @@ def in_flag_words(message: str) -> str:
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a job's main, the one place exit codes come from: user errors one line on stderr and 2,
-    a commit lost to concurrent writers 3, a task that failed every retry 1 (each one line)."""
+    a commit lost to concurrent writers 3, a task that failed every retry 1, a stop on request 75
+    (each one line)."""
     from attention_influence.loading import ModelLoadError
 
     try:
@@ -512,6 +532,9 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         except CommitConflict as exc:
             print(f"error: {exc}", file=sys.stderr)
             return COMMIT_CONFLICT_EXIT
+        except Stopped as exc:
+            print(f"stopped: {exc}", file=sys.stderr)
+            return STOPPED_EXIT
         except Exception as exc:  # noqa: BLE001 - anything else goes on to the handlers below
             reason = stage_failure_reason(exc)
             if reason is None:

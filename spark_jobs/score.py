@@ -18,13 +18,15 @@ import argparse
 import hashlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from spark_jobs import common, table_contract
-from spark_jobs.common import (CommitConflict, JobError, check_table_name, create_table, delta_table, dumps, first_line,
-                               get_spark, new_parser, options_from, parse_flags, positive_int, quote_identifier,
-                               read_table, replace_table, session_setting, set_table_properties, table_exists,
-                               table_properties)
+from spark_jobs.common import (CommitConflict, JobError, check_table_name, create_table, dumps, first_line, get_spark,
+                               new_parser, options_from, parse_flags, positive_float, positive_int, quote_identifier,
+                               read_table, replace_table, session_setting, set_table_properties, table_detail,
+                               table_exists, table_properties, v2_name)
 from spark_jobs.progress import Progress
+from spark_jobs.slices import COMPACT_AFTER_SLICES, SliceWork, Slicer, StopSignal, watch
 from spark_jobs.table_contract import SCORED_AT_COLUMN, SCORER_COLUMN
 
 
@@ -69,7 +71,18 @@ def build_parser():
     p.add_argument("--allow-pickle-weights", action=argparse.BooleanOptionalAction,
                    help="allow pickle weights (pytorch_model.bin), which can run code when loaded")
     p.add_argument("--commit-attempts", type=positive_int,
-                   help="attempts of the final Delta commit when concurrent writers conflict")
+                   help="attempts of each slice's Delta commit when concurrent writers conflict")
+    p.add_argument("--slice-documents", type=positive_int,
+                   help="commit scores in slices of at most about this many documents; default: sized to "
+                        "--slice-minutes of measured work")
+    p.add_argument("--slice-minutes", type=positive_float,
+                   help="with no --slice-documents: the work one slice holds, measured as the run goes")
+    p.add_argument("--watch", action=argparse.BooleanOptionalAction,
+                   help="keep running: score documents as they are appended to the input, until stopped")
+    p.add_argument("--watch-interval", type=positive_float, help="--watch: seconds between looks at the input")
+    p.add_argument("--state-dir",
+                   help="where the run keeps its stream checkpoint and an overwrite's staging table; default "
+                        "_attention_influence_state/ next to the output (a catalog output: under the warehouse)")
     return p
 
 
@@ -101,6 +114,11 @@ class ScoreOptions:
     trust_remote_code: bool
     allow_pickle_weights: bool
     commit_attempts: int | None
+    slice_documents: int | None
+    slice_minutes: float
+    watch: bool
+    watch_interval: float
+    state_dir: str | None
 
 
 REQUIRED = ("input", "output", "model", "heads")
@@ -126,9 +144,7 @@ def default_partitions(spark, documents: int) -> int:
     A slot is a core, or a GPU where a task takes a whole GPU (conf/spark/gpu.conf sets
     spark.task.cpus to the executor's cores, so there is one slot per executor and GPU).
     """
-    task_cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
-    slots = max(1, spark.sparkContext.defaultParallelism // max(1, task_cpus))
-    return max(1, min(documents, TASKS_PER_SLOT * slots))
+    return max(1, min(documents, TASKS_PER_SLOT * task_slots(spark)))
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,9 @@ def check_model_and_heads(options: ScoreOptions) -> ModelCheck:
     from attention_influence.retrieval import load_heads
 
     check_table_name(options.input), check_table_name(options.output)
+    if options.watch and options.mode == "overwrite":
+        raise JobError("--watch scores appended documents into the output as they come: use it with "
+                       "--mode incremental (an overwrite replaces the output once, at the end)")
     if options.masking not in MASKING_MODES:  # a config file's value; the flag itself has choices
         raise JobError(f"masking must be one of {', '.join(MASKING_MODES)}, got {options.masking!r}")
     heads = load_heads(options.heads)
@@ -218,26 +237,67 @@ def check_input(df, options: ScoreOptions) -> list[str]:
 
 @dataclass(frozen=True)
 class ScorePlan:
-    """The documents still to score under this scorer, and how: decided before any model runs."""
+    """The documents still to score under this scorer, where they go, and how: decided before any model runs."""
 
     documents: object  # DataFrame: the whole input
-    todo: object       # DataFrame: the documents without a current score
+    total: int
+    committed_before: int  # documents of the input already committed for this scorer (in `target`)
     to_score: int
-    partitions: int
+    target: str            # the output (incremental), or an overwrite run's staging table
     carry: list[str]
-    output_exists: bool
     heads: tuple[tuple[int, int], ...]
     max_seq_len: int
     dtype: str
     batch_tokens: int
     fingerprint: str
     readable: dict
+    state_dir: str
+    run_key: str           # names this run's checkpoint and staging: same input, output, scorer, mode
+
+    output: str
+
+    @property
+    def checkpoint(self) -> str:
+        """The stream's checkpoint: one per input, output, scorer and mode."""
+        return f"{self.state_dir}/{'overwrite' if self.target != self.output else 'incremental'}-{self.run_key}-stream"
+
+
+def state_dir_of(spark, options: ScoreOptions) -> str:
+    """`--state-dir`, else `_attention_influence_state/<name>` beside a path output (never inside it: a
+    Delta table's folder is Delta's), else under the warehouse for a catalog output."""
+    if options.state_dir:
+        return options.state_dir.rstrip("/")
+    if common.is_path(options.output):
+        output = os.path.abspath(options.output) if "://" not in options.output else options.output.rstrip("/")
+        parent, name = output.rsplit("/", 1)
+        return f"{parent}/_attention_influence_state/{name}"
+    warehouse = spark.conf.get("spark.sql.warehouse.dir", "spark-warehouse").rstrip("/")
+    return f"{warehouse}/_attention_influence_state/{options.output}"
+
+
+def committed(spark, target: str, fingerprint: str, options: ScoreOptions):
+    """Ids of `target` that hold a current score (this scorer; not an error row under --retry-errors)."""
+    from pyspark.sql import functions as F
+
+    done = read_table(spark, target).where(F.col(SCORER_COLUMN) == fingerprint)
+    if options.retry_errors:
+        done = done.where(F.col("status") != "error")
+    return done.select(F.col(quote_identifier(options.id_col)).alias("committed_id"))
+
+
+def not_committed(documents, target: str, fingerprint: str, options: ScoreOptions):
+    """`documents` less the ids `target` already holds for this scorer (the run's one anti-join)."""
+    from pyspark.sql import functions as F
+
+    spark = documents.sparkSession  # a stream's micro-batch lives in the stream's own session
+    if not table_exists(spark, target):
+        return documents
+    return documents.join(committed(spark, target, fingerprint, options),
+                          F.col(quote_identifier(options.id_col)) == F.col("committed_id"), how="left_anti")
 
 
 def plan(spark, options: ScoreOptions, model: ModelCheck) -> ScorePlan:
-    """Read the input, check it, and leave out the ids the output already holds for this scorer."""
-    from pyspark.sql import functions as F
-
+    """Read the input, check it, and count what the target already holds for this scorer."""
     from attention_influence.loading import model_revision, resolve_dtype
 
     gpu_cluster = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
@@ -247,52 +307,53 @@ def plan(spark, options: ScoreOptions, model: ModelCheck) -> ScorePlan:
                                             dtype, model.max_seq_len)
     documents = read_table(spark, options.input)
     carry = check_input(documents, options)
-    output_exists = table_exists(spark, options.output)
-    todo = documents
-    if options.mode == "incremental" and output_exists:
-        done = read_table(spark, options.output).where(F.col(SCORER_COLUMN) == fingerprint)
-        if options.retry_errors:
-            done = done.where(F.col("status") != "error")
-        id_col = quote_identifier(options.id_col)
-        done = done.select(F.col(id_col).alias("done_id"))
-        todo = documents.join(done, F.col(id_col) == F.col("done_id"), how="left_anti")
-    to_score = todo.count()
-    partitions = options.partitions or default_partitions(spark, to_score)
-    return ScorePlan(documents=documents, todo=todo, to_score=to_score, partitions=partitions, carry=carry,
-                     output_exists=output_exists, heads=model.heads, max_seq_len=model.max_seq_len, dtype=dtype,
-                     batch_tokens=batch_tokens, fingerprint=fingerprint, readable=readable)
+    state_dir = state_dir_of(spark, options)
+    run_key = hashlib.sha256(dumps({"input": _absolute(options.input), "output": _absolute(options.output),
+                                    "scorer": fingerprint, "mode": options.mode}).encode()).hexdigest()[:16]
+    target = options.output if options.mode == "incremental" else f"{state_dir}/overwrite-{run_key}-staging"
+    total = documents.count()
+    to_score = not_committed(documents, target, fingerprint, options).count()
+    return ScorePlan(documents=documents, total=total, committed_before=total - to_score, to_score=to_score,
+                     target=target, carry=carry, heads=model.heads, max_seq_len=model.max_seq_len, dtype=dtype,
+                     batch_tokens=batch_tokens, fingerprint=fingerprint, readable=readable, state_dir=state_dir,
+                     run_key=run_key, output=options.output)
+
+
+def _absolute(ref: str) -> str:
+    return os.path.abspath(ref) if common.is_path(ref) and "://" not in ref else ref
 
 
 def dry_run(options: ScoreOptions, plan: ScorePlan) -> None:
     """What a run would do, from counts and a driver-side tokenization of a sample; writes nothing."""
     from transformers import AutoTokenizer
 
-    total = plan.documents.count()
+    todo = not_committed(plan.documents, plan.target, plan.fingerprint, options)
     sample = []
     if plan.to_score:
         fraction = min(1.0, 2.0 * DRY_RUN_SAMPLE / plan.to_score)
-        sample = [r[0] for r in plan.todo.sample(fraction=fraction, seed=0).select(options.text_col)
+        sample = [r[0] for r in todo.sample(fraction=fraction, seed=0).select(options.text_col)
                   .limit(DRY_RUN_SAMPLE).collect()]
     tokenizer = AutoTokenizer.from_pretrained(options.model, revision=options.revision)
     texts = [t.decode("utf-8", "replace") if isinstance(t, (bytes, bytearray)) else t for t in sample]
     lengths = [len(tokenizer(t)["input_ids"]) for t in texts if t]
     mean = sum(lengths) / len(lengths) if lengths else 0.0
     print(f"dry run: {options.input} -> {options.output} [{options.mode}]")
-    print(f"documents: {total} in the input, {total - plan.to_score} already scored by this scorer (skipped), "
+    print(f"documents: {plan.total} in the input, {plan.committed_before} already scored by this scorer (skipped), "
           f"{plan.to_score} to score")
     print(f"tokens: about {round(mean * plan.to_score)} ({mean:.0f} per document over a sample of {len(texts)}, "
           f"tokenized here)")
-    print(f"partitions: {plan.partitions}"
-          + ("" if options.partitions else " (default: from the documents and cores/GPUs)"))
+    print(f"partitions: {options.partitions or 'per slice, from the documents and cores/GPUs'}")
+    print(f"slices: {f'about {options.slice_documents} documents' if options.slice_documents else f'about {options.slice_minutes:g} minutes of work'}"
+          f" each; state in {plan.state_dir}")
     print(f"scorer {plan.fingerprint} {dumps(plan.readable)}")
     print("nothing written")
 
 
-# ---------------------------------------------------------------- score
+# ---------------------------------------------------------------- score one slice
 
 @dataclass(frozen=True)
 class ScoreSummary:
-    """What a run did: documents by status, tokens of the ok ones, seconds, the scorer and the table."""
+    """What a run did: documents by status, tokens of the ok ones, seconds, slices, the scorer and the table."""
 
     output: str
     fingerprint: str
@@ -300,41 +361,66 @@ class ScoreSummary:
     tokens: int = 0
     elapsed: float = 0.0
     dry_run: bool = False
+    slices: int = 0
+    committed_before: int = 0
+    total: int = 0
 
     @property
     def documents(self) -> int:
         return sum(self.by_status.values())
 
 
-def compute_scores(spark, options: ScoreOptions, plan: ScorePlan):
-    """The scored rows, computed once and cached, and their (status, documents, tokens) counts.
+def scoring_settings(options: ScoreOptions, plan: ScorePlan):
+    from udfs.influence import ScoringSettings
 
-    The Arrow batch size is this job's setting only while its scoring stage runs.
+    return ScoringSettings(model=options.model, heads=plan.heads, max_seq_len=plan.max_seq_len,
+                           dtype=plan.dtype, text_col=options.text_col, carry_cols=tuple(plan.carry),
+                           batch_tokens=plan.batch_tokens, token_losses=bool(options.token_losses),
+                           fused=bool(options.fused), max_chars=options.max_chars, revision=options.revision,
+                           masking=options.masking, trust_remote_code=bool(options.trust_remote_code),
+                           allow_pickle_weights=bool(options.allow_pickle_weights))
+
+
+def scored_rows(documents, settings, plan: ScorePlan, partitions: int, counters=None):
+    """The score columns for `documents`, with the scorer and the time (not computed until an action)."""
+    from pyspark.sql import functions as F
+
+    from udfs.influence import score_documents
+
+    return (score_documents(documents.repartition(partitions), settings, counters)
+            .withColumn(SCORER_COLUMN, F.lit(plan.fingerprint))
+            .withColumn(SCORED_AT_COLUMN, F.current_timestamp()))
+
+
+def compute_scores(options: ScoreOptions, plan: ScorePlan, documents, count: int, number: int):
+    """One slice's scored rows, computed once, and their (status, documents, tokens) counts.
+
+    The rows are materialized with `localCheckpoint` (as Delta's MERGE materializes its own source):
+    a MERGE does not read a `persist`ed source from the cache and would run the UDF again, once or
+    twice (measured: every document of a MERGE was scored twice before). A lost executor between the
+    scoring and the MERGE fails the slice; the rerun resumes after the slices committed before it.
+    The Arrow batch size is this job's setting only while the slice's scoring stage runs.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from udfs.influence import ScoringSettings, score_documents
-
-    progress = Progress(spark, plan.to_score)
-    settings = ScoringSettings(model=options.model, heads=plan.heads, max_seq_len=plan.max_seq_len,
-                               dtype=plan.dtype, text_col=options.text_col, carry_cols=tuple(plan.carry),
-                               batch_tokens=plan.batch_tokens, token_losses=bool(options.token_losses),
-                               fused=bool(options.fused), max_chars=options.max_chars, revision=options.revision,
-                               masking=options.masking, trust_remote_code=bool(options.trust_remote_code),
-                               allow_pickle_weights=bool(options.allow_pickle_weights))
-    scored = (score_documents(plan.todo.repartition(plan.partitions), settings, progress.counters)
-              .withColumn(SCORER_COLUMN, F.lit(plan.fingerprint))
-              .withColumn(SCORED_AT_COLUMN, F.current_timestamp()))
-    print(f"scoring {options.input} with {options.model} ({len(plan.heads)} heads masked {options.masking}, "
-          f"max_seq_len {plan.max_seq_len}, {plan.dtype}) -> {options.output} [{options.mode}]: {plan.to_score} "
-          f"documents in {plan.partitions} tasks", file=sys.stderr, flush=True)
-    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # score once; the write reads the cached rows
+    spark = documents.sparkSession
+    partitions = options.partitions or default_partitions(spark, count)
+    progress = Progress(spark, count, label=f"slice {number}")
+    scored = scored_rows(documents, scoring_settings(options, plan), plan, partitions, progress.counters)
     with session_setting(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(options.arrow_batch_size)):
         with progress:  # prints documents, tokens, tokens/s and ETA every few seconds while the stage runs
-            stats = (scored.groupBy("status")
-                     .agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens")).collect())
-    return scored, stats
+            scored = scored.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
+    stats = scored.groupBy("status").agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens")).collect()
+    return scored, [(r["status"], r["documents"], r["tokens"]) for r in stats]
+
+
+def release(scored) -> None:
+    """Free a slice's materialized rows now rather than at the JVM's next garbage collection."""
+    try:
+        scored._jdf.queryExecution().analyzed().rdd().unpersist(False)
+    except Exception:  # noqa: BLE001 - not a classic session, or already gone: Spark's cleaner frees them
+        pass
 
 
 # ---------------------------------------------------------------- write
@@ -345,30 +431,49 @@ def table_properties_of(options: ScoreOptions, plan: ScorePlan) -> dict[str, str
             table_contract.ID_COL: options.id_col, table_contract.DOMAIN_COL: options.domain_col}
 
 
-def write_scores(spark, scored, options: ScoreOptions, output_exists: bool, properties: dict) -> None:
-    """Overwrite: one atomic replace. Incremental: one MERGE (new ids inserted, stale scorers replaced)."""
-    from pyspark.sql import functions as F
+def ensure_target(spark, options: ScoreOptions, plan: ScorePlan) -> None:
+    """The target table exists (empty, with the output's schema and properties) before the first slice,
+    so every slice is a MERGE; a concurrent writer that created it first is fine."""
+    if table_exists(spark, plan.target):
+        return
+    empty = scored_rows(plan.documents.limit(0), scoring_settings(options, plan), plan, 1)
+    try:
+        create_table(empty, plan.target, table_properties_of(options, plan))
+    except Exception as exc:  # noqa: BLE001 - another writer created it: merge into theirs
+        if not (is_commit_conflict(exc) and table_exists(spark, plan.target)):
+            raise
 
-    if options.mode == "overwrite":
-        replace_table(scored, options.output, properties)
-        return
-    if not output_exists:  # create, never replace: a concurrent writer's table is merged into on retry
-        create_table(scored, options.output, properties)
-        return
-    same_id = F.col("t." + quote_identifier(options.id_col)) == F.col("s." + quote_identifier(options.id_col))
-    stale = f"t.{SCORER_COLUMN} <> s.{SCORER_COLUMN}" + (" OR t.status = 'error'" if options.retry_errors else "")
-    (delta_table(spark, options.output).alias("t").merge(scored.alias("s"), same_id)
-     .whenMatchedUpdateAll(condition=stale)
-     .whenNotMatchedInsertAll()
-     .execute())
-    if table_properties(spark, options.output).get(table_contract.SCORER) != properties[table_contract.SCORER]:
-        set_table_properties(spark, options.output, properties)
+
+MERGE_SCORES_SQL = Path(__file__).parent / "sql" / "merge_scores.sql"
+CONSTANT_PARAMETERS = "spark.sql.legacy.parameterSubstitution.constantsOnly"
+
+
+def write_scores(spark, scored, options: ScoreOptions, target: str) -> None:
+    """One slice in one commit: SQL MERGE (new ids inserted, stale scorers and retried errors replaced).
+
+    SQL rather than the DeltaTable API, so the same statement runs on a Spark Connect session. The
+    table and the id column are checked and backquoted identifiers (SQL takes no parameter for
+    them); `retry_errors` is a named parameter.
+    """
+    import uuid
+
+    session = scored.sparkSession
+    view = "attention_influence_slice_" + uuid.uuid4().hex[:12]
+    scored.createOrReplaceTempView(view)
+    text = MERGE_SCORES_SQL.read_text().format(target=v2_name(target), source=view,
+                                               id_col=quote_identifier(options.id_col))
+    try:
+        with session_setting(session, CONSTANT_PARAMETERS, "true"):
+            session.sql(text, args={"retry_errors": bool(options.retry_errors)})
+    finally:
+        session.catalog.dropTempView(view)
 
 
 _CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
               "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
               "ProtocolChangedException", "DELTA_CONCURRENT_", "TABLE_OR_VIEW_ALREADY_EXISTS",
-              "FileAlreadyExistsException")
+              "FileAlreadyExistsException", "DELTA_TABLE_ALREADY_EXISTS", "DELTA_PROTOCOL_CHANGED",
+              "DELTA_METADATA_CHANGED")
 
 
 def is_commit_conflict(exc: BaseException) -> bool:
@@ -377,19 +482,20 @@ def is_commit_conflict(exc: BaseException) -> bool:
     return any(name in text for name in _CONFLICTS)
 
 
-def write_scores_with_retries(spark, scored, options: ScoreOptions, output_exists: bool, properties: dict) -> None:
+def write_scores_with_retries(spark, scored, options: ScoreOptions, target: str) -> None:
     """`write_scores`, again when a concurrent writer's commit conflicts with ours.
 
-    The scores are computed (cached); each attempt re-reads the table: the MERGE leaves rows
-    the other writer already scored with this scorer, inserts the rest. So every id ends up
-    once and no row is lost; after `--commit-attempts` lost races the job gives up (exit 3).
+    The slice's scores are computed (cached); each attempt re-reads the table: the MERGE leaves
+    rows the other writer already scored with this scorer, inserts the rest. So every id ends up
+    once and no row is lost; after `--commit-attempts` lost races the job gives up (exit 3),
+    with the slices before this one committed.
     """
     import random
 
     attempts = options.commit_attempts or 5
     for attempt in range(1, attempts + 1):
         try:
-            write_scores(spark, scored, options, output_exists, properties)
+            write_scores(spark, scored, options, target)
             return
         except Exception as exc:  # noqa: BLE001 - only conflicts are retried
             if not is_commit_conflict(exc):
@@ -397,52 +503,130 @@ def write_scores_with_retries(spark, scored, options: ScoreOptions, output_exist
             reason = first_line(exc)[:200]
             if attempt == attempts:
                 raise CommitConflict(f"{options.output}: concurrent writers conflicted {attempts} times "
-                                     f"(last: {reason}); nothing of this run was committed, rerun to complete"
+                                     f"(last: {reason}); this slice was not committed, rerun to complete"
                                      ) from None
             print(f"commit conflict on {options.output} (attempt {attempt}/{attempts}: {reason}); "
                   f"re-reading the table and retrying", file=sys.stderr, flush=True)
             time.sleep(random.uniform(0.5, 2.0) * attempt)
-            output_exists = options.mode == "incremental" and table_exists(spark, options.output)
+
+
+def slice_committer(spark, options: ScoreOptions, plan: ScorePlan):
+    """The slicer's commit: a MERGE with retries, then the scorer's properties once if they changed."""
+    properties = table_properties_of(options, plan)
+    recorded = {"scorer": table_properties(spark, plan.target).get(table_contract.SCORER)}
+
+    def commit(scored) -> None:
+        write_scores_with_retries(spark, scored, options, plan.target)
+        if recorded["scorer"] != plan.fingerprint:
+            set_table_properties(spark, plan.target, properties)
+            recorded["scorer"] = plan.fingerprint
+
+    return commit
+
+
+def compact(spark, target: str) -> None:
+    """OPTIMIZE the target: slices write a few small files each; a reader wants few big ones."""
+    before = table_detail(spark, target)["numFiles"]
+    try:
+        spark.sql(f"OPTIMIZE {v2_name(target)}").collect()
+    except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; a concurrent writer may win
+        print(f"warning: OPTIMIZE {target} did not run ({first_line(exc)[:200]}); the scores are committed",
+              file=sys.stderr, flush=True)
+        return
+    print(f"compacted {target}: {before} files -> {table_detail(spark, target)['numFiles']}", file=sys.stderr,
+          flush=True)
+
+
+def remove_state(spark, path: str) -> None:
+    """Delete a staging table or checkpoint the run no longer needs (Hadoop's file system, any scheme)."""
+    try:
+        jvm = spark.sparkContext._jvm
+        hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+        hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hadoop_path, True)
+    except Exception as exc:  # noqa: BLE001 - left behind is harmless: a later run starts afresh
+        print(f"warning: could not remove {path} ({first_line(exc)[:200]})", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- report
+
+def announce(options: ScoreOptions, plan: ScorePlan) -> None:
+    where = "its staging table (a killed overwrite run, resumed)" if plan.target != options.output else options.output
+    resumed = (f"{plan.committed_before} of {plan.total} documents already committed for this scorer in {where}; "
+               if plan.committed_before else "")
+    print(f"scoring {options.input} with {options.model} ({len(plan.heads)} heads masked {options.masking}, "
+          f"max_seq_len {plan.max_seq_len}, {plan.dtype}) -> {options.output} [{options.mode}"
+          f"{', watch' if options.watch else ''}]: {resumed}{plan.to_score} documents to score, in slices of "
+          + (f"about {options.slice_documents} documents" if options.slice_documents
+             else f"about {options.slice_minutes:g} minutes of work"), file=sys.stderr, flush=True)
+
 
 def report(summary: ScoreSummary) -> None:
     """The run's last two lines on stdout (make demo keeps them for its summary's tokens/s)."""
     elapsed = summary.elapsed
     print(f"scored {summary.documents} documents ({summary.tokens} tokens) in {elapsed:.1f}s: "
-          f"{summary.tokens / elapsed if elapsed else 0:.0f} tokens/s; status {dumps(summary.by_status)}")
+          f"{summary.tokens / elapsed if elapsed else 0:.0f} tokens/s; status {dumps(summary.by_status)}; "
+          f"{summary.slices} slice(s), {summary.committed_before} committed before this run")
     print(f"scorer {summary.fingerprint}; wrote {summary.output}")
 
 
 # ---------------------------------------------------------------- the job
 
-def run(spark, options: ScoreOptions, model: ModelCheck | None = None) -> ScoreSummary:
-    """Plan, score, write, report on `spark`; `model` is check_model_and_heads(options) when main did it already."""
+def run(spark, options: ScoreOptions, model: ModelCheck | None = None, stop: StopSignal | None = None) -> ScoreSummary:
+    """Plan, score and commit slice by slice, report, on `spark`; `model` is check_model_and_heads(options)
+    when main did it already; `stop` (main's signal handlers) asks for a stop at the next slice boundary."""
     model = model or check_model_and_heads(options)
     planned = plan(spark, options, model)
     if options.dry_run:
         dry_run(options, planned)
         return ScoreSummary(output=options.output, fingerprint=planned.fingerprint, dry_run=True)
-    started = time.time()
-    scored, stats = compute_scores(spark, options, planned)
-    elapsed = time.time() - started
-    by_status = {r["status"]: r["documents"] for r in stats}
-    if by_status or options.mode == "overwrite" or not planned.output_exists:  # nothing new: nothing written
-        write_scores_with_retries(spark, scored, options, planned.output_exists, table_properties_of(options, planned))
-    scored.unpersist()
-    tokens = sum(r["tokens"] or 0 for r in stats if r["status"] == "ok")
-    summary = ScoreSummary(output=options.output, fingerprint=planned.fingerprint, by_status=by_status,
-                           tokens=tokens, elapsed=elapsed)
+    announce(options, planned)
+    ensure_target(spark, options, planned)
+    detail = table_detail(spark, options.input)
+    slicer = Slicer(SliceWork(
+        spark=spark, source=options.input, target=planned.target, id_col=options.id_col,
+        not_committed=lambda documents: not_committed(documents, planned.target, planned.fingerprint, options),
+        score=lambda documents, count, number: compute_scores(options, planned, documents, count, number),
+        release=release,
+        commit=slice_committer(spark, options, planned), checkpoint=planned.checkpoint,
+        slice_documents=options.slice_documents, slice_seconds=60.0 * options.slice_minutes,
+        slots=task_slots(spark), docs_per_file=planned.total / max(1, detail["numFiles"] or 1),
+        total=planned.total, committed_before=planned.committed_before, to_score=planned.to_score,
+        stop=stop or StopSignal()))
+    read_input = lambda: read_table(spark, options.input)  # noqa: E731
+    if options.watch:
+        watch(slicer, read_input, options.watch_interval, compact=lambda: compact(spark, options.output))
+        # returns only by Stopped (or an error)
+    elif planned.to_score:
+        slicer.run_stream()
+        slicer.commit_remaining(read_input)  # the one full comparison after the stream: nothing missed
+    if planned.target != options.output:  # overwrite: one atomic replace from the complete staging table
+        replace_table(read_table(spark, planned.target), options.output, table_properties_of(options, planned))
+        remove_state(spark, planned.target)
+        remove_state(spark, planned.checkpoint)
+    elif slicer.slices > COMPACT_AFTER_SLICES:
+        compact(spark, options.output)
+    tokens = slicer.tokens
+    summary = ScoreSummary(output=options.output, fingerprint=planned.fingerprint, by_status=dict(slicer.by_status),
+                           tokens=tokens, elapsed=time.time() - slicer.started, slices=slicer.slices,
+                           committed_before=planned.committed_before, total=planned.total)
     report(summary)
     return summary
 
 
+def task_slots(spark) -> int:
+    """Task slots of the cluster: cores, or GPUs where a task takes a whole GPU (see default_partitions)."""
+    task_cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    return max(1, spark.sparkContext.defaultParallelism // max(1, task_cpus))
+
+
 def main(argv=None):
-    """Flags -> options; the model and heads are checked before Spark starts."""
+    """Flags -> options; the model and heads are checked before Spark starts; SIGTERM and Ctrl-C stop
+    at the next slice boundary (exit 75), a second one at once."""
     options = parse_options(argv)
     model = check_model_and_heads(options)
-    run(get_spark("attention-influence-score"), options, model)
+    stop = StopSignal()
+    with stop.installed():
+        run(get_spark("attention-influence-score"), options, model, stop)
     return 0
 
 

@@ -73,7 +73,8 @@ def test_heads_file_missing_or_malformed(tmp_path):
     assert "not a heads JSON" in message
 
 
-@pytest.mark.parametrize("args", [["--dtype", "float64"], ["--top-fraction", "1.5"], ["--no-such-flag"]])
+@pytest.mark.parametrize("args", [["--dtype", "float64"], ["--top-fraction", "1.5"], ["--no-such-flag"],
+                                  ["--slice-documents", "0"], ["--slice-minutes", "-1"], ["--watch-interval", "x"]])
 def test_bad_flags(args):
     job = "detect_heads" if "--top-fraction" in args else "score"
     one_line_error(run_cli(job, *args))
@@ -124,6 +125,8 @@ def test_options_from_settings_as_a_notebook_passes_them():
     ("register_tables", ["--tables", "a;b"], "not a table name"),
     ("select", ["--input", ""], "--input is required"),
     ("detect_heads", ["--heads-out", ""], "--heads-out is required"),
+    ("score", ["--watch", "--mode", "overwrite", "--model", FIXTURE_MODEL, "--heads", str(REPO / "conf" / "score.yaml")],
+     "use it with --mode incremental"),
 ])
 def test_option_errors_stop_before_spark_starts(job, args, message):
     """One line on stderr and nothing else: no Spark session was started for a run that cannot go on."""

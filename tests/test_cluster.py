@@ -248,7 +248,7 @@ def test_lost_python_worker_task_is_retried(cluster, docs, spark, tmp_path):
 
 def test_document_that_kills_every_attempt_fails_the_job(cluster, docs, spark, tmp_path):
     """Spark's retry model has no per-row fallback after a crash: the task fails maxFailures times,
-    the job aborts with one line naming the partition, and nothing is committed."""
+    the job aborts with one line naming the partition, and nothing of that slice is committed."""
     output = tmp_path / "scored"
     code, log = cluster.run(job(docs, output, "--partitions", 8), fault=f"exit-always:{docs['marker']}",
                             conf={"spark.task.maxFailures": 2})
@@ -260,28 +260,46 @@ def test_document_that_kills_every_attempt_fails_the_job(cluster, docs, spark, t
     crashed = {r["partition"] for r in cluster.task_records(app_id_of(log)) if r["stage"] == int(match[2])
                and r["attempt"] == 1}
     assert crashed == {int(match[1])}
-    assert not output.exists() or not (output / "_delta_log").exists()
+    assert spark.read.format("delta").load(str(output)).count() == 0  # one slice (the default), not committed
 
 
-def test_driver_killed_mid_job_commits_nothing(cluster, docs, spark, tmp_path):
+def test_driver_killed_loses_at_most_the_slice_in_flight(cluster, docs, spark, tmp_path, capsys):
+    """kill -9 of the driver once at least half the slices are committed: the rerun scores exactly
+    what was not committed (counted in the table before it and in its own report), and the table
+    ends equal to a one-shot run of the same input."""
     output = tmp_path / "scored"
-    first_half = docs["ids"][: N_DOCS // 2]
-    half = write_docs(spark, [r for r in docs["rows"] if r[0] in first_half], tmp_path / "half")
-    assert run_job(score, job(docs, output, input_path=half))[0] == 0  # local Spark, same scorer
-    version = spark.sql(f"DESCRIBE HISTORY delta.`{output}`").count()
+    # Each task sleeps 1 s first, so a slice of 4 documents takes a few seconds and the kill lands mid-run.
+    process = cluster.submit(job(docs, output, "--slice-documents", 4), fault="sleep:1")
+    try:
+        wait_for(lambda: process.poll() is None and (output / "_delta_log").exists()
+                 and spark.read.format("delta").load(str(output)).count() >= N_DOCS // 2, 900, "half the slices")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver: spark-submit's JVM and its Python
+        process.wait(60)
+    log = process.log.read_text()
+    committed = ids_of(spark, output)
+    assert len(set(committed)) == len(committed)  # each id once, even in a table a killed run left
+    assert N_DOCS // 2 <= len(committed) < N_DOCS, len(committed)
+    slices_seen = len(re.findall(r"slice \d+: \d+ documents, .* committed", log))
+    assert slices_seen >= 3, log[-3000:]
 
-    # Scoring tasks hang (sleep 300 s each), so the driver is surely killed before any commit, even
-    # when the executor log reaches the test late.
-    process = cluster.submit(job(docs, output, "--partitions", 12), fault="sleep:300")
-    app_id = wait_for(lambda: re.search(r"app ID (app-\d+-\d+)", process.log.read_text()), 600, "the app")[1]
-    wait_for(lambda: cluster.task_records(app_id), 600, "a scoring task")
-    os.killpg(process.pid, signal.SIGKILL)  # the driver: spark-submit's JVM and its Python
-    process.wait(60)
-    assert spark.sql(f"DESCRIBE HISTORY delta.`{output}`").count() == version
-    assert_each_id_once(spark, output, first_half)
-
-    assert run_job(score, job(docs, output))[0] == 0  # the incremental rerun
+    code, captured = run_job(score, job(docs, output), capsys)  # the rerun, on local Spark: same scorer
+    assert code == 0
+    assert f"{len(committed)} of {N_DOCS} documents already committed for this scorer" in captured.err
+    assert f"scored {N_DOCS - len(committed)} documents" in captured.out
     assert_each_id_once(spark, output, docs["ids"])
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{output}`").where("operation = 'MERGE'").count()
+    assert history >= slices_seen + 1
+
+    one_shot = tmp_path / "one-shot"
+    assert run_job(score, job(docs, one_shot, "--slice-documents", 1000))[0] == 0
+    left = {r["id"]: r for r in spark.read.format("delta").load(str(output)).collect()}
+    right = {r["id"]: r for r in spark.read.format("delta").load(str(one_shot)).collect()}
+    for key, row in right.items():
+        for column in ("loss_full", "loss_masked", "attention_influence"):
+            if row[column] is not None:
+                assert left[key][column] == pytest.approx(row[column], abs=1e-5), (key, column)
+        assert left[key]["status"] == row["status"]
 
 
 def test_two_writers_at_once(cluster, docs, spark, tmp_path):
@@ -311,7 +329,8 @@ def test_stage_failure_reason_names_the_partition():
                "stage 19.0 (TID 40) (127.0.0.1 executor 1): org.apache.spark.SparkException: Python worker exited "
                "unexpectedly (crashed)\n\tat org.apache.spark.api.python.BasePythonRunner")
     assert common.stage_failure_reason(RuntimeError(message)) == (
-        "scoring task for partition 5 (stage 19.0) failed 4 times; the job was aborted and nothing was committed: "
+        "scoring task for partition 5 (stage 19.0) failed 4 times; the run was aborted; slices committed before it "
+        "stay, this slice was not committed (rerun to resume): "
         "org.apache.spark.SparkException: Python worker exited unexpectedly (crashed)")
     assert common.stage_failure_reason(RuntimeError("table not found")) is None
 
@@ -329,11 +348,11 @@ def test_commit_conflict_is_retried_then_exit_3(spark, docs, tmp_path, monkeypat
     class ConcurrentAppendException(Exception):
         pass
 
-    def conflicting_write(spark_, scored, args, output_exists, properties):
-        calls.append(output_exists)
+    def conflicting_write(spark_, scored, args, target):
+        calls.append(target)
         if len(calls) == 1 or args.commit_attempts == 2:
             raise ConcurrentAppendException("[DELTA_CONCURRENT_APPEND] Files were added by a concurrent update.")
-        return real_write(spark_, scored, args, output_exists, properties)
+        return real_write(spark_, scored, args, target)
 
     monkeypatch.setattr(score, "write_scores", conflicting_write)
     monkeypatch.setattr(score.time, "sleep", lambda s: None)

@@ -76,14 +76,16 @@ def test_dry_run_writes_nothing_then_a_run_shows_progress(spark, tmp_path, fixtu
     assert "documents: 6 in the input, 0 already scored by this scorer (skipped), 6 to score" in out.out
     expected = count_tokens(fixture_model, [t for _, _, t in SAMPLE_TEXTS[:6]])
     assert f"tokens: about {expected} " in out.out  # a sample of 64 covers all six: the estimate is exact
-    assert re.search(r"partitions: 6 \(default", out.out)
+    assert "partitions: per slice, from the documents and cores/GPUs" in out.out
+    assert "slices: about 5 minutes of work each" in out.out
     assert re.search(r"scorer ai1-[0-9a-f]{16} ", out.out)
 
     monkeypatch.setenv("ATTENTION_INFLUENCE_PROGRESS_SECONDS", "0.2")
     code, out = run_job(score, flags, capsys)
     assert code == 0
-    assert "6 documents in 6 tasks" in out.err
-    assert "progress: " in out.err and "/6 documents" in out.err
+    assert "6 documents to score, in slices of about 5 minutes of work" in out.err
+    assert re.search(r"slice 1: \d/6 documents \(", out.err)  # the progress line while the slice runs
+    assert "slice 1: 6 documents, " in out.err and "total committed 6/6 (100%)" in out.err
     version = spark.sql(f"DESCRIBE HISTORY delta.`{output}`").first()["version"]
 
     write_docs(spark, SAMPLE_TEXTS, tmp_path / "docs")  # four new documents

@@ -1,0 +1,345 @@
+"""Scores committed slice by slice, so a run killed at any point loses at most the slice in flight.
+
+A run is a Structured Streaming query over the input table (Delta's source, `trigger(availableNow)`,
+`maxFilesPerTrigger` from the slice size): Delta hands each micro-batch its own files, so no slice
+rescans the whole input, and the query's checkpoint (under `--state-dir`) remembers which input
+files are done. Each micro-batch keeps only the documents the output does not already hold for
+this scorer (an anti-join against the output), cuts them into slices of about `--slice-documents`
+documents when the batch is bigger (by a hash of the id), and scores and MERGEs each slice in one
+Delta commit. The anti-join is what makes this exactly-once: a batch replayed after a crash
+between its MERGE and the checkpoint's commit finds its documents committed and scores nothing;
+a concurrent writer's rows are skipped the same way; and the MERGE itself inserts an id at most once.
+
+After the stream, one more anti-join over the whole input catches what a stream cannot see: rows
+of the input that were rewritten (updates, overwrites: `skipChangeCommits` skips those commits),
+`--retry-errors`, or a checkpoint that could not be resumed. It is sliced too (by the id's hash;
+each slice then rescans the input, the price of the rare case).
+
+`--watch` runs rounds of the same until stopped: a round starts when the input's Delta version
+moves, and takes the full anti-join as well when a commit since the last round was not a blind append.
+
+Stops: the first SIGTERM or Ctrl-C lets the slice in flight commit, then ends the run with one
+line and exit code 75 (EX_TEMPFAIL: rerun to resume); a second one stops at once, losing the
+slice in flight. A `kill -9` loses the slice in flight; the rerun resumes from what was committed.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Callable
+
+from spark_jobs.common import Stopped, first_line, v2_name
+from spark_jobs.progress import format_seconds
+
+STOP_MARKER = "attention-influence-stop-at-slice-boundary"
+FIRST_SLICE_DOCUMENTS_PER_SLOT = 32  # --slice-documents auto: the first slice, before a rate is measured
+MIN_SLICE_DOCUMENTS = 1
+MAX_STREAM_RESTARTS = 4  # auto-sized slices regrow the stream's micro-batches by restarting it
+
+
+class StopSignal:
+    """What SIGTERM and Ctrl-C asked for: `requested` after the first, `immediate` after the second."""
+
+    def __init__(self):
+        self.requested = False
+        self.immediate = False
+        self.event = threading.Event()
+
+    def request(self, what: str = "stop requested") -> None:
+        if self.requested:
+            self.immediate = True
+            print(f"{what} again: stopping now; the slice in flight is not committed", file=sys.stderr, flush=True)
+        else:
+            self.requested = True
+            print(f"{what}: stopping after the slice in flight is committed (again to stop at once)",
+                  file=sys.stderr, flush=True)
+        self.event.set()
+
+    @contextmanager
+    def installed(self):
+        """SIGTERM and SIGINT handled by `request` while the block runs (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        names = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
+        previous = {}
+
+        def handle(signum, _frame):
+            self.request(names.get(signum, f"signal {signum}"))
+            if self.immediate:  # out of whatever Spark call the main thread waits in
+                raise KeyboardInterrupt
+
+        for signum in names:
+            previous[signum] = signal.signal(signum, handle)
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+class _StopAtBoundary(Exception):
+    """Raised at the start of a micro-batch to end the stream there (nothing of that batch is done)."""
+
+
+@dataclass
+class SliceWork:
+    """What the slicer needs from the job; score.py builds it (the slicer never sees options or tensors)."""
+
+    spark: object
+    source: str            # the input table (path or name)
+    target: str            # the Delta table the slices are committed into
+    id_col: str
+    not_committed: Callable  # DataFrame of documents -> those without a current score in `target`
+    score: Callable          # (documents, count, slice number) -> (scored rows, persisted; [(status, docs, tokens)])
+    commit: Callable         # scored rows -> committed in one MERGE (with conflict retries)
+    release: Callable        # scored rows -> their storage freed
+    checkpoint: str          # the stream's checkpoint location
+    slice_documents: int | None  # None: auto, sized to `slice_seconds` of measured work
+    slice_seconds: float
+    slots: int               # task slots of the cluster (cores, or GPUs)
+    docs_per_file: float     # input documents per data file (sizes the stream's micro-batches)
+    total: int               # documents in the input
+    committed_before: int    # of them already committed for this scorer when the run started
+    to_score: int            # of them left to score
+    stop: StopSignal
+
+
+def quoted_column(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+class Slicer:
+    """Commits slices of the work; counts what it committed for the run's report."""
+
+    def __init__(self, work: SliceWork):
+        self.work = work
+        self.auto = work.slice_documents is None
+        self.slice_documents = work.slice_documents or FIRST_SLICE_DOCUMENTS_PER_SLOT * max(1, work.slots)
+        self.slices = 0
+        self.documents = 0
+        self.tokens = 0
+        self.by_status: Counter = Counter()
+        self.started = time.time()
+        self._error: BaseException | None = None
+        self._batch_docs = None  # documents per micro-batch the running stream was sized for
+        self.restarts = 0
+
+    # ------------------------------------------------------------ one slice
+
+    def commit_slice(self, documents, count: int) -> None:
+        started = time.time()
+        scored, stats = self.work.score(documents, count, self.slices + 1)
+        try:
+            if stats:
+                self.work.commit(scored)
+        finally:
+            self.work.release(scored)
+        seconds = time.time() - started
+        if not stats:  # an empty hash bucket
+            return
+        done = sum(r[1] for r in stats)
+        tokens = sum(r[2] or 0 for r in stats if r[0] == "ok")
+        self.slices += 1
+        self.documents += done
+        self.tokens += tokens
+        self.by_status.update({r[0]: r[1] for r in stats})
+        committed = self.work.committed_before + self.documents
+        elapsed = time.time() - self.started
+        remaining = max(0, self.work.to_score - self.documents)
+        eta = f", ETA {format_seconds(elapsed * remaining / self.documents)}" if remaining and self.documents else ""
+        print(f"slice {self.slices}: {done} documents, {tokens} tokens in {seconds:.1f}s "
+              f"({tokens / seconds if seconds else 0:.0f} tokens/s), committed; total committed "
+              f"{committed}/{self.work.total} ({100 * committed / max(1, self.work.total):.0f}%){eta}",
+              file=sys.stderr, flush=True)
+        if self.auto and done and seconds > 0:
+            wanted = int(done / seconds * self.work.slice_seconds)
+            self.slice_documents = max(MIN_SLICE_DOCUMENTS, min(wanted, 4 * self.slice_documents))
+
+    def commit_documents(self, documents) -> None:
+        """Every document of `documents` not yet committed, in slices of about `slice_documents`.
+
+        A round counts what is left (the anti-join), cuts it into k buckets by the id's hash, k from
+        the slice size, and commits one slice per bucket; each slice's anti-join runs anew, so a
+        slice another writer committed meanwhile is skipped. The next round finds nothing left.
+        """
+        from pyspark.sql import functions as F
+
+        id_hash = F.xxhash64(F.col(quoted_column(self.work.id_col)))
+        while True:
+            self._check_stop()
+            todo = self.work.not_committed(documents)
+            left = todo.count()
+            if not left:
+                return
+            buckets = math.ceil(left / self.slice_documents)
+            for bucket in range(buckets):
+                if bucket:
+                    self._check_stop()
+                piece = todo if buckets == 1 else todo.where(F.pmod(id_hash, F.lit(buckets)) == bucket)
+                self.commit_slice(piece, math.ceil(left / buckets))  # sizes tasks and progress: about is enough
+
+    def _check_stop(self) -> None:
+        if self.work.stop.requested:
+            raise _StopAtBoundary(STOP_MARKER + ": stop")
+
+    # ------------------------------------------------------------ the stream
+
+    def run_stream(self) -> bool:
+        """The input's files not yet streamed, in micro-batches; False when the stream could not run."""
+        failures = 0
+        while True:
+            outcome = self._stream_once()
+            if outcome == "done":
+                return True
+            if outcome == "restart":
+                continue
+            failures += 1
+            if failures >= 2:
+                return False
+
+    def _max_files(self) -> int:
+        return max(1, round(self.slice_documents / max(self.work.docs_per_file, 1e-9)))
+
+    def _stream_once(self) -> str:
+        spark = self.work.spark
+        self._error = None
+        max_files = self._max_files()
+        self._batch_docs = max_files * self.work.docs_per_file
+        reader = (spark.readStream.format("delta").option("maxFilesPerTrigger", str(max_files))
+                  .option("skipChangeCommits", "true"))
+        stream = reader.load(self.work.source) if "/" in self.work.source else reader.table(self.work.source)
+
+        def process(batch, batch_id):
+            try:
+                self._check_stop()
+                if self.auto and self.restarts < MAX_STREAM_RESTARTS and self.slice_documents > 2 * self._batch_docs:
+                    raise _StopAtBoundary(STOP_MARKER + ": restart")
+                self.commit_documents(batch)
+            except BaseException as exc:  # noqa: BLE001 - kept for the main thread, then raised to stop the query
+                self._error = exc
+                raise
+
+        query = (stream.writeStream.foreachBatch(process).option("checkpointLocation", self.work.checkpoint)
+                 .trigger(availableNow=True).start())
+        failure = None
+        try:
+            while query.isActive:
+                if self.work.stop.immediate:
+                    query.stop()
+                    break
+                try:
+                    query.awaitTermination(1)
+                except KeyboardInterrupt:
+                    if not self.work.stop.immediate:
+                        raise
+                except Exception as exc:  # noqa: BLE001 - sorted out below
+                    failure = exc
+                    break
+        finally:
+            if query.isActive:
+                query.stop()
+        if self.work.stop.immediate:
+            raise Stopped(self.stopped_line(at_once=True))
+        error = self._error
+        if isinstance(error, _StopAtBoundary):
+            if "restart" in str(error):
+                self.restarts += 1
+                print(f"slices now about {self.slice_documents} documents (measured); restarting the stream with "
+                      f"{self._max_files()} input files per micro-batch", file=sys.stderr, flush=True)
+                return "restart"
+            raise Stopped(self.stopped_line())
+        if error is not None:
+            raise error  # a task that failed every attempt, a commit lost to other writers: the job's own errors
+        if failure is None:
+            failure = query.exception()
+        if failure is None:
+            return "done"
+        print(f"warning: the stream over {self.work.source} stopped ({first_line(failure)[:300]}); "
+              f"restarting it, then a full comparison of the input and the output", file=sys.stderr, flush=True)
+        return "failed"
+
+    # ------------------------------------------------------------ what the stream cannot see
+
+    def commit_remaining(self, read_input: Callable) -> None:
+        """The full anti-join: whatever the input holds that the output lacks, in hashed slices."""
+        try:
+            self.commit_documents(read_input())
+        except _StopAtBoundary:
+            raise Stopped(self.stopped_line()) from None
+        except KeyboardInterrupt:
+            if not self.work.stop.immediate:
+                raise
+            with suppress(Exception):  # the slice's Spark jobs, which would run on
+                self.work.spark.interruptAll()
+            raise Stopped(self.stopped_line(at_once=True)) from None
+
+    def stopped_line(self, at_once: bool = False) -> str:
+        committed = self.work.committed_before + self.documents
+        how = "at once; the slice in flight was not committed" if at_once else "after the slice in flight"
+        return (f"stopped on request {how}: {self.slices} slice(s) committed in this run, {committed} of "
+                f"{self.work.total} documents committed for this scorer; rerun the same command to resume")
+
+
+# ---------------------------------------------------------------- the input's history
+
+def input_version(spark, source: str) -> int:
+    return int(spark.sql(f"DESCRIBE HISTORY {v2_name(source)} LIMIT 1").first()["version"])
+
+
+def changes_since(spark, source: str, version: int) -> list[tuple[int, str]]:
+    """Commits after `version` that were not blind appends (and changed data): (version, operation)."""
+    from pyspark.sql import functions as F
+
+    rows = spark.sql(f"DESCRIBE HISTORY {v2_name(source)}").where(F.col("version") > F.lit(int(version))).collect()
+    return sorted((int(r["version"]), r["operation"]) for r in rows
+                  if not r["isBlindAppend"] and r["operation"] not in ("OPTIMIZE", "VACUUM START", "VACUUM END",
+                                                                       "SET TBLPROPERTIES"))
+
+
+# ---------------------------------------------------------------- --watch
+
+COMPACT_AFTER_SLICES = 8  # a run (or a --watch round) that committed more slices than this ends with OPTIMIZE
+
+
+def watch(slicer: Slicer, read_input: Callable, interval: float, compact: Callable) -> None:
+    """Rounds of stream + (when needed) full comparison each time the input's version moves, until stopped.
+
+    Documents appended to the input are scored by the stream within a round; a commit that rewrote
+    the input (an overwrite, an update, a delete) is named in one line and followed by the full
+    comparison, which scores the ids that are new after it (ids already scored keep their scores).
+    """
+    work = slicer.work
+    last = None
+    while True:
+        version = input_version(work.spark, work.source)
+        if version != last:
+            full = last is None
+            if last is not None:
+                changes = changes_since(work.spark, work.source, last)
+                if changes:
+                    full = True
+                    print(f"input {work.source} was rewritten at version(s) "
+                          f"{', '.join(f'{v} ({op})' for v, op in changes[:5])}: new ids are found by a full "
+                          f"comparison; ids already scored keep their scores", file=sys.stderr, flush=True)
+            slices_before = slicer.slices
+            work.total = read_input().count()
+            work.to_score = max(0, work.total - work.committed_before)
+            if not slicer.run_stream():
+                full = True
+            if full:
+                slicer.commit_remaining(read_input)
+            if slicer.slices - slices_before > COMPACT_AFTER_SLICES:
+                compact()
+            last = version
+            print(f"watching {work.source} (version {version}): {work.committed_before + slicer.documents} "
+                  f"documents committed for this scorer; next look in {interval:g}s", file=sys.stderr, flush=True)
+        if work.stop.event.wait(interval):
+            raise Stopped(slicer.stopped_line())
