@@ -194,3 +194,21 @@ def probe_report(documents: Iterable[ScoredDocument], fraction: float, seed: int
               "n_tokens": [float(d.n_tokens) for d in documents],
               "random": [random_score(i, seed) for i in ids]}
     return [selector_result(name, values[name], ids, flags, fraction, samples) for name in selectors]
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False,
+                   allow_pickle_weights: bool = False):
+    """The model's tokenizer alone (as `loading.load_model` loads it, a .gguf file included), for length matching."""
+    from transformers import AutoTokenizer
+
+    from attention_influence.errors import first_line
+    from attention_influence.loading import ModelLoadError, _pretrained_source, check_untrusted_model
+
+    check_untrusted_model(name_or_path, trust_remote_code, allow_pickle_weights)
+    source, gguf = _pretrained_source(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **gguf)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of model '{name_or_path}': {first_line(exc)}") from None
+    tokenizer.model_max_length = int(1e30)  # lengths only: no truncation warning for long documents
+    return tokenizer
