@@ -23,7 +23,7 @@ def user_table(spark, tmp_path_factory):
     from demo.corpus import sample_corpus
 
     folder = tmp_path_factory.mktemp("user")
-    documents = sample_corpus(per_domain=40, max_chars=1600, min_chars=150)
+    documents = sample_corpus(per_domain=24, max_chars=1600, min_chars=150)
     rows = [(d.id, d.domain, d.text) for d in documents if d.domain in ("code", "prose")]
     return write_docs(spark, rows, folder / "docs"), rows
 
@@ -46,13 +46,13 @@ def test_humaneval_report_and_probes_stay_out_of_the_users_tables(spark, user_ta
 
     report = str(tmp_path / "report")
     code, out = run_job(probe, ["--input", source, "--model", fixture_model, "--heads", heads, "--output", report,
-                                "--probes", "humaneval", "--max-probes", 12, "--resamples", 200], capsys)
+                                "--probes", "humaneval", "--max-probes", 8, "--resamples", 200], capsys)
     assert code == 0, out.err
     table = spark.read.format("delta").load(report).collect()
     assert sorted(r["selector"] for r in table) == sorted(SELECTORS) and {r["probe_set"] for r in table} == {"humaneval"}
     for r in table:
         n = r["probes"] + r["controls"]
-        assert 0 < r["probes"] <= 12 and r["controls"] == r["probes"] and r["dropped_probes"] == 12 - r["probes"]
+        assert 0 < r["probes"] <= 8 and r["controls"] == r["probes"] and r["dropped_probes"] == 8 - r["probes"]
         assert r["base_rate"] == pytest.approx(r["probes"] / n) and r["top"] == math.ceil(0.2 * n)
         assert r["ci_low"] <= r["share_in_top"] <= r["ci_high"]
         assert r["share_in_top"] * r["top"] == pytest.approx(round(r["share_in_top"] * r["top"]))
