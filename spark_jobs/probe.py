@@ -33,9 +33,10 @@ from spark_jobs.common import (JobError, check_table_name, dumps, fraction, get_
                                options_from, parse_flags, positive_int, quote_identifier, read_table, replace_table)
 
 PLANTED_DDL = "id STRING, text STRING, domain STRING, probe_set STRING, is_probe BOOLEAN, source_id STRING"
-REPORT_DDL = ("probe_set STRING, selector STRING, fraction DOUBLE, share_in_top DOUBLE, base_rate DOUBLE, "
-              "ci_low DOUBLE, ci_high DOUBLE, probes INT, controls INT, top INT, dropped_probes INT, "
-              "scorer STRING, created_at TIMESTAMP")
+# The report's columns (created_at is added by Spark when the table is written).
+REPORT_COLUMNS = [("probe_set", "STRING"), ("selector", "STRING"), ("fraction", "DOUBLE"), ("share_in_top", "DOUBLE"),
+                  ("base_rate", "DOUBLE"), ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("probes", "INT"),
+                  ("controls", "INT"), ("top", "INT"), ("dropped_probes", "INT"), ("scorer", "STRING")]
 MAX_PROBE_ROWS = 100_000  # a probe table is collected on the driver
 
 
@@ -101,9 +102,8 @@ class ProbeOptions:
 
 def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> ProbeOptions:
     """Options from flags over `--config` over `settings` over conf/probe.yaml (the edge of the job)."""
-    parsed = options_from(ProbeOptions, parse_flags("probe", build_parser(), argv, settings),
-                          ("input", "model", "heads", "output", "probes"))
-    return ProbeOptions(**{**vars(parsed), "seed": int(parsed.seed or 0)})
+    return options_from(ProbeOptions, parse_flags("probe", build_parser(), argv, settings),
+                        ("input", "model", "heads", "output", "probes", "seed"))
 
 
 def options(**settings) -> ProbeOptions:
@@ -262,9 +262,8 @@ def write_report(spark, rows: list[dict], options: ProbeOptions) -> Path | None:
     """The report table (replaced atomically), and `<output>.png` next to it when the output is a path."""
     from pyspark.sql import functions as F
 
-    names = [c.split()[0] for c in REPORT_DDL.split(", ") if not c.startswith("created_at")]
-    frame = spark.createDataFrame([tuple(r[n] for n in names) for r in rows],
-                                  REPORT_DDL.replace(", created_at TIMESTAMP", ""))
+    frame = spark.createDataFrame([tuple(r[name] for name, _ in REPORT_COLUMNS) for r in rows],
+                                  ", ".join(f"{name} {kind}" for name, kind in REPORT_COLUMNS))
     replace_table(frame.withColumn("created_at", F.current_timestamp()), options.output,
                   {"attention_influence.probe_config": dumps({
                       "input": options.input, "model": options.model, "heads": options.heads,
