@@ -23,7 +23,7 @@ def user_table(spark, tmp_path_factory):
     from demo.corpus import sample_corpus
 
     folder = tmp_path_factory.mktemp("user")
-    documents = sample_corpus(per_domain=24, max_chars=1600, min_chars=150)
+    documents = sample_corpus(per_domain=16, max_chars=1600, min_chars=150)
     rows = [(d.id, d.domain, d.text) for d in documents if d.domain in ("code", "prose")]
     return write_docs(spark, rows, folder / "docs"), rows
 
@@ -70,11 +70,14 @@ def test_humaneval_report_and_probes_stay_out_of_the_users_tables(spark, user_ta
 
 
 def test_a_users_probe_table(spark, user_table, fixture_model, tmp_path):
-    """Probes taken from the prose domain's own style: some match, each gets a control of its length bin."""
+    """Six of the user's own prose documents as probes: the other prose documents are the only controls
+    (the six themselves are left out, their text being a probe's), each from its probe's length bin."""
+    from attention_influence.probes import length_bin, load_tokenizer, token_lengths
+
     source, rows = user_table
     heads = write_heads(tmp_path / "heads.json", [(1, 0)])
-    prose = [r for r in rows if r[1] == "prose"][:6]
-    probes_path = write_docs(spark, [(f"mine-{i}", "prose", text.upper()) for i, (_, _, text) in enumerate(prose)],
+    prose = [r for r in rows if r[1] == "prose"]
+    probes_path = write_docs(spark, [(f"mine-{i}", "prose", text) for i, (_, _, text) in enumerate(prose[:6])],
                              tmp_path / "probes")
     scratch = str(tmp_path / "scratch")
     result = probe.run(spark, probe.options(input=source, model=fixture_model, heads=heads, output=str(tmp_path / "r"),
@@ -82,8 +85,14 @@ def test_a_users_probe_table(spark, user_table, fixture_model, tmp_path):
     assert {r["probe_set"] for r in result} == {probes_path} and len(result) == len(SELECTORS)
     planted = spark.read.format("delta").load(scratch + "/planted").collect()
     assert {r["domain"] for r in planted} == {"prose"}  # controls from the probes' own domain only
-    controls = {r["source_id"] for r in planted if not r["is_probe"]}
-    assert controls <= {r[0] for r in rows if r[1] == "prose"}
+    controls = [r for r in planted if not r["is_probe"]]
+    assert {r["source_id"] for r in controls} <= {r[0] for r in prose[6:]}
+    probes_kept = [r for r in planted if r["is_probe"]]
+    assert len(controls) == len(probes_kept) == result[0]["probes"] > 0
+    lengths = token_lengths(load_tokenizer(fixture_model), [r["text"] for r in planted])
+    bins = [length_bin(n) for n in lengths]
+    assert sorted(b for b, r in zip(bins, planted) if r["is_probe"]) == sorted(
+        b for b, r in zip(bins, planted) if not r["is_probe"])
 
 
 def test_bad_input_is_one_line_and_exit_2(spark, user_table, fixture_model, tmp_path, capsys):
