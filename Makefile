@@ -28,7 +28,7 @@ SHELL := /bin/bash
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install model demo test bench bench-gpu fixture package clean sql register cluster-start cluster-stop test-cluster
+.PHONY: install model demo probe test bench bench-gpu fixture package clean sql register cluster-start cluster-stop test-cluster
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,9 +45,10 @@ model: install
 
 demo: install $(if $(filter $(REAL_MODEL),$(MODEL)),model)
 	$(PY) spark_jobs/build_corpus.py --output $(OUT)/corpus $(DEMO_CORPUS_FLAGS)
+	$(PY) spark_jobs/filter.py --input $(OUT)/corpus --output $(OUT)/kept --rejected $(OUT)/rejected
 	$(PY) spark_jobs/detect_heads.py --model $(MODEL) --output $(OUT)/head_scores --heads-out $(OUT)/heads.json \
 	    $(DEMO_DETECT_FLAGS)
-	$(PY) spark_jobs/score.py --input $(OUT)/corpus --output $(OUT)/scored --model $(MODEL) \
+	$(PY) spark_jobs/score.py --input $(OUT)/kept --output $(OUT)/scored --model $(MODEL) \
 	    --heads $(OUT)/heads.json $(DEMO_SCORE_FLAGS) | tee $(OUT)/score_summary.txt
 	ATTENTION_INFLUENCE_OUTPUT=$(OUT) ATTENTION_INFLUENCE_MODEL=$(MODEL) $(PY) notebooks/04_analyse.py
 	$(PY) spark_jobs/select.py --input $(OUT)/scored --output $(OUT)/selected --fraction 0.2
@@ -58,7 +59,15 @@ demo: install $(if $(filter $(REAL_MODEL),$(MODEL)),model)
 # The demo's Delta folders by name (demo.corpus, demo.head_scores, demo.scored, demo.selected) in
 # the persistent local catalog under $(OUT)/ (Hive metastore on Derby: one process at a time).
 register:
-	$(PY) spark_jobs/register_tables.py --root $(OUT) --database demo --tables corpus,head_scores,scored,selected
+	$(PY) spark_jobs/register_tables.py --root $(OUT) --database demo --tables corpus,kept,rejected,head_scores,scored,selected
+
+# After make demo: HumanEval's solutions planted among length-matched code documents of $(OUT)/kept,
+# scored with the demo's model and heads in a scratch folder, into $(OUT)/probe_report (+ .png).
+# PROBE_FLAGS adds flags, e.g. PROBE_FLAGS="--max-probes 40" for a shorter run.
+PROBE_FLAGS ?=
+probe: install $(if $(filter $(REAL_MODEL),$(MODEL)),model)
+	$(PY) spark_jobs/probe.py --input $(OUT)/kept --model $(MODEL) --heads $(OUT)/heads.json \
+	    --output $(OUT)/probe_report --probes humaneval --probe-domain code $(PROBE_FLAGS)
 
 # SQL over the demo's tables by name (after make demo): make sql Q="SELECT COUNT(*) FROM demo.scored"; no Q: a shell.
 sql:

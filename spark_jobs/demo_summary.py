@@ -21,7 +21,7 @@ from pathlib import Path
 from spark_jobs.common import JobError, get_spark, new_parser, parse_flags, positive_int, read_table, run
 
 EXTREMES_SQL = Path(__file__).with_name("sql") / "demo_extremes.sql"
-TABLES = ("corpus", "head_scores", "scored", "selected")
+TABLES = ("corpus", "kept", "rejected", "head_scores", "scored", "selected", "probe_report")
 
 
 def build_parser():
@@ -67,6 +67,30 @@ def _accuracies(document: dict) -> list[tuple[str, object]]:
     return sorted(found, key=lambda kv: max((o for word, o in order.items() if word in kv[0]), default=3))
 
 
+def filter_lines(spark, out: Path) -> list[str]:
+    """What filter.py removed, per rule (when the demo ran it: <out>/kept and <out>/rejected exist)."""
+    if not ((out / "kept").exists() and (out / "rejected").exists()):
+        return []
+    kept = read_table(spark, str(out / "kept")).count()
+    rejected = read_table(spark, str(out / "rejected")).groupBy("rejected_by").count().collect()
+    removed = sum(r["count"] for r in rejected)
+    rules = ", ".join(f"{r['rejected_by']} {r['count']}" for r in sorted(rejected, key=lambda r: (-r["count"],
+                                                                                                  r["rejected_by"])))
+    return [f"filter: {kept + removed} documents, {kept} kept, {removed} rejected" + (f" ({rules})" if rules else "")]
+
+
+def probe_lines(spark, out: Path) -> list[str]:
+    """The probe report's rows (when `make probe` wrote <out>/probe_report)."""
+    if not (out / "probe_report").exists():
+        return []
+    rows = read_table(spark, str(out / "probe_report")).orderBy("probe_set", "selector").collect()
+    lines = ["probe report (share of probes in each selector's top, base rate, 95% CI):"]
+    for r in rows:
+        lines.append(f"  {r['probe_set']} {r['selector']:<20} {r['share_in_top']:.3f} (base {r['base_rate']:.3f}, "
+                     f"CI {r['ci_low']:.3f}-{r['ci_high']:.3f}; {r['probes']} probes, {r['controls']} controls)")
+    return lines
+
+
 def throughput(score_log: Path) -> str | None:
     """score.py's own `scored N documents (T tokens) in S s: R tokens/s` line."""
     if not score_log.exists():
@@ -90,6 +114,9 @@ def main(argv=None):
     spark = get_spark("attention-influence-demo-summary")
     print("== demo summary ==")
     for line in heads_lines(out / "heads.json"):
+        print(line)
+
+    for line in filter_lines(spark, out):
         print(line)
 
     scored_ref = str(out / "scored")
@@ -120,6 +147,8 @@ def main(argv=None):
     selected = read_table(spark, selected_ref).count() if (out / "selected").exists() else None
     if selected is not None:
         print(f"selected: {selected} documents -> {selected_ref}")
+    for line in probe_lines(spark, out):
+        print(line)
     print("tables (Delta): " + ", ".join(str(out / t) for t in TABLES if (out / t).exists()))
     files = [out / "heads.json", out / "heads.png"] + sorted((out / "plots").glob("*.png"))
     print("files: " + ", ".join(str(f) for f in files if f.exists()))

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import FIXTURE_MODEL, REPO
 from tests.helpers import write_heads
 
-JOBS = ["build_corpus", "detect_heads", "score", "select"]
+JOBS = ["build_corpus", "detect_heads", "score", "select", "filter", "probe"]
 
 
 def run_cli(job, *args):
@@ -127,6 +127,9 @@ def test_options_from_settings_as_a_notebook_passes_them():
     ("detect_heads", ["--heads-out", ""], "--heads-out is required"),
     ("score", ["--watch", "--mode", "overwrite", "--model", FIXTURE_MODEL, "--heads", str(REPO / "conf" / "score.yaml")],
      "use it with --mode incremental"),
+    ("filter", ["--rejected", ""], "--rejected is required"),
+    ("probe", ["--probes", ""], "--probes is required"),
+    ("probe", ["--fraction", "2"], "--fraction"),
 ])
 def test_option_errors_stop_before_spark_starts(job, args, message):
     """One line on stderr and nothing else: no Spark session was started for a run that cannot go on."""

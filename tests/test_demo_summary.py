@@ -44,3 +44,23 @@ def test_summary_shows_heads_accuracies_throughput_and_extremes(spark, tmp_path,
             assert f"{r[6]:+.4f}" in out and f"text of {domain} number {r[0][-1]} second line" in out
         for r in ranked[1:-1]:
             assert f"{r[6]:+.4f}" not in out
+
+
+def test_summary_shows_filter_counts_and_the_probe_report(spark, tmp_path):
+    """With the filter's tables and a probe report in the demo folder, the summary names each rule's count
+    and each selector's share."""
+    docs = "id STRING, domain STRING, text STRING"
+    spark.createDataFrame([("a", "code", "x"), ("b", "code", "y")], docs).write.format("delta").save(str(tmp_path / "kept"))
+    spark.createDataFrame([("c", "code", "x", "exact_duplicate", "a"), ("d", "prose", "z z", "gopher_top_2_gram", None),
+                           ("e", "prose", "w w", "exact_duplicate", "f")],
+                          docs + ", rejected_by STRING, duplicate_of STRING").write.format("delta").save(
+        str(tmp_path / "rejected"))
+    assert demo_summary.filter_lines(spark, tmp_path) == [
+        "filter: 5 documents, 2 kept, 3 rejected (exact_duplicate 2, gopher_top_2_gram 1)"]
+    assert demo_summary.probe_lines(spark, tmp_path) == []
+    spark.createDataFrame([("humaneval", "random", 0.25, 0.5, 0.0, 0.5, 4, 4)],
+                          "probe_set STRING, selector STRING, share_in_top DOUBLE, base_rate DOUBLE, ci_low DOUBLE, "
+                          "ci_high DOUBLE, probes INT, controls INT").write.format("delta").save(
+        str(tmp_path / "probe_report"))
+    assert demo_summary.probe_lines(spark, tmp_path)[1] == (
+        "  humaneval random               0.250 (base 0.500, CI 0.000-0.500; 4 probes, 4 controls)")
