@@ -228,11 +228,12 @@ def plant(documents, options: ProbeOptions, probe_sets: list[ProbeSet], tokenize
 # ---------------------------------------------------------------- score and report
 
 def score_planted(spark, options: ProbeOptions, planted: Planted, scratch: str) -> list:
-    """score.py on the planted table, into `scratch` only; the scored rows the report needs."""
+    """score.py on the planted table, into `scratch` only (a fresh output: incremental writes it once, without
+    the staging table an overwrite keeps); the scored rows the report needs."""
     planted_path, scored_path = os.path.join(scratch, "planted"), os.path.join(scratch, "scored")
     spark.createDataFrame(planted.rows, PLANTED_DDL).write.format("delta").mode("overwrite").save(planted_path)
     score.run(spark, score.options(
-        input=planted_path, output=scored_path, model=options.model, heads=options.heads, mode="overwrite",
+        input=planted_path, output=scored_path, model=options.model, heads=options.heads, mode="incremental",
         id_col="id", text_col="text", domain_col="domain", carry_cols="*", revision=options.revision,
         max_seq_len=options.max_seq_len, masking=options.masking, dtype=options.dtype,
         batch_tokens=options.batch_tokens, trust_remote_code=bool(options.trust_remote_code),
