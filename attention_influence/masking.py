@@ -11,7 +11,9 @@
 * `zero-output`: the head's slice of the input of the attention output
   projection (`o_proj`, `dense`, `c_proj`) is zeroed, which removes the head.
 
-Both are forward hooks, so any attention implementation is masked the same way.
+Both are data, not hooks: a gate over the heads (a buffer, ones but zero for masked heads) that the
+query source multiplies its output by, or the output projection its input by, installed once per
+model; any attention implementation, eager or compiled, is masked the same way.
 With grouped-query attention a head is a *query* head, which is what the
 retrieval score ranks.
 """
@@ -162,6 +164,121 @@ def _head_scale(width: int, head_dim: int, head_ids: list[int], layout: str) -> 
     return keep
 
 
+# Masking is data: each gated module multiplies by its buffer `head_gate`, shape (rows or 1, 1, width),
+# ones but zero over the masked heads' slices. A gate is installed once per module (its class is swapped
+# for a subclass with that multiply, so parameter names and state_dict stay as they were) and only its
+# values and row count change from pass to pass, in place: a compiled layer reads it as an input, so
+# changing the masking neither recompiles nor goes unseen, as forward hooks did (dynamo does not guard
+# on hooks). Outside a pass every gate is open: shape (1, 1, width), all ones, and x * 1 == x exactly.
+GATE = "head_gate"
+_GATED_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def _gated_class(base: type, side: str) -> type:
+    """`base` with its output (`side="output"`, the queries) or its first input (`"input"`, the heads'
+    outputs entering the output projection) multiplied by the module's gate."""
+    key = (base, side)
+    if key not in _GATED_CLASSES:
+        if side == "output":
+            def forward(self, *args, **kwargs):
+                out = base.forward(self, *args, **kwargs)
+                return out * getattr(self, GATE).to(out.dtype)
+        else:
+            def forward(self, hidden, *args, **kwargs):
+                return base.forward(self, hidden * getattr(self, GATE).to(hidden.dtype), *args, **kwargs)
+        _GATED_CLASSES[key] = type(f"HeadGated{base.__name__}", (base,),
+                                   {"forward": forward, "__module__": __name__, "gated_side": side})
+    return _GATED_CLASSES[key]
+
+
+def _gate_width(module: nn.Module) -> int:
+    """Width of the last dimension the gate multiplies: the queries a module produces."""
+    for name in ("out_features", "nf"):  # nn.Linear, GPT-2's Conv1D
+        if isinstance(getattr(module, name, None), int):
+            return getattr(module, name)
+    return module.weight.shape[0]  # a norm over all heads (OLMo2's q_norm)
+
+
+def _install_gate(module: nn.Module, side: str, width: int) -> nn.Module:
+    if getattr(type(module), "gated_side", None) == side:
+        return module
+    if hasattr(type(module), "gated_side"):
+        raise UnsupportedArchitectureError(f"{type(module).__name__} is gated on its {type(module).gated_side} "
+                                           f"already; one module cannot hold both masking modes")
+    weight = next(module.parameters(), None)
+    with torch.inference_mode(False):  # a normal tensor, so passes in and out of inference mode may set it
+        gate = torch.ones(1, 1, width, dtype=weight.dtype if weight is not None else torch.float32,
+                          device=weight.device if weight is not None else None)
+    module.__class__ = _gated_class(type(module), side)
+    module.register_buffer(GATE, gate, persistent=False)
+    return module
+
+
+def gated_modules(model: nn.Module, mode: str) -> list[nn.Module]:
+    """The module of each layer that holds `mode`'s gate, installed on first use (once per model and mode).
+
+    `uniform`: the queries' source (QUERY_SOURCES), its output gated; `zero-output`: the output projection,
+    its input gated. Installing changes no result: an open gate multiplies by one."""
+    check_masking(mode)
+    if mode == "zero-output":
+        _, n_heads, head_dim = head_layout(model)
+        return [_install_gate(proj, "input", n_heads * head_dim) for proj in output_projections(model)]
+    source, _ = QUERY_SOURCES[model.config.model_type]
+    return [_install_gate(attn.get_submodule(source), "output", _gate_width(attn.get_submodule(source)))
+            for attn in attention_modules(model)]
+
+
+class HeadGates:
+    """The gates of one model for one masking mode and one checked list of heads.
+
+    Built once (the scorer builds it with itself); `closed(masked_rows)` sets the masked layers' gates
+    for one pass and opens them again after it. `masked_rows` (bool, one per batch row) limits masking to
+    those rows, so one batch can hold full and masked copies of the same windows (the fused pass).
+    """
+
+    def __init__(self, model: nn.Module, heads: list[Head], mode: str):
+        self.mode = mode
+        modules = gated_modules(model, mode)
+        _, _, head_dim = head_layout(model)
+        layout = "heads" if mode == "zero-output" else QUERY_SOURCES[model.config.model_type][1]
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in heads:
+            by_layer.setdefault(layer, []).append(head)
+        # (module, its keep vector) for each masked layer; the other layers' gates stay open
+        self.masked = [(modules[layer], _head_scale(_gate_of(modules[layer]).shape[-1], head_dim, ids, layout))
+                       for layer, ids in sorted(by_layer.items())]
+
+    def close(self, masked_rows: torch.Tensor | None = None) -> None:
+        """Mask the heads: in every row, or in the rows where `masked_rows` is true."""
+        for module, keep in self.masked:
+            gate = _gate_of(module)
+            keep = keep.to(device=gate.device, dtype=gate.dtype)
+            if masked_rows is None:
+                value = keep.view(1, 1, -1)
+            else:
+                rows = masked_rows.to(gate.device).view(-1, 1, 1)
+                value = torch.where(rows, keep.view(1, 1, -1), torch.ones_like(keep).view(1, 1, -1))
+            gate.resize_(value.shape).copy_(value)
+
+    def open(self) -> None:
+        """Every gate back to one, shape (1, 1, width): the model as loaded."""
+        for module, _ in self.masked:
+            gate = _gate_of(module)
+            gate.resize_(1, 1, gate.shape[-1]).fill_(1)
+
+    @contextmanager
+    def closed(self, masked_rows: torch.Tensor | None = None) -> Iterator[None]:
+        self.close(masked_rows)
+        try:
+            yield
+        finally:
+            self.open()
+
+
+def _gate_of(module: nn.Module) -> torch.Tensor:
+    return getattr(module, GATE)
+
+
 @contextmanager
 def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tensor | None = None,
                mode: str = DEFAULT_MASKING) -> Iterator[None]:
@@ -178,48 +295,7 @@ def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tenso
 @contextmanager
 def mask_checked_heads(model: nn.Module, heads: list[Head], masked_rows: torch.Tensor | None = None,
                        mode: str = DEFAULT_MASKING) -> Iterator[None]:
-    """`mask_heads` without its checks, for a caller that made them once (the scorer masks every batch):
-    `heads` as `checked_heads` returns them for this model and `mode`."""
-    _, n_heads, head_dim = head_layout(model)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-
-    def masked(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        scale = keep.to(device=hidden.device, dtype=hidden.dtype)
-        if masked_rows is None:
-            return hidden * scale
-        rows = masked_rows.to(hidden.device).view(-1, *([1] * (hidden.dim() - 1)))
-        return torch.where(rows, hidden * scale, hidden)
-
-    def zero_output_hook(head_ids: list[int]):
-        keep = _head_scale(n_heads * head_dim, head_dim, head_ids, "heads")
-
-        def hook(_module, args):
-            return (masked(args[0], keep),) + tuple(args[1:])
-        return hook
-
-    def zero_query_hook(head_ids: list[int], layout: str):
-        keeps: dict[int, torch.Tensor] = {}  # by output width
-
-        def hook(_module, _args, output):
-            width = output.shape[-1]
-            if width not in keeps:
-                keeps[width] = _head_scale(width, head_dim, head_ids, layout)
-            return masked(output, keeps[width])
-        return hook
-
-    if mode == "zero-output":
-        projections = output_projections(model)
-        handles = [projections[layer].register_forward_pre_hook(zero_output_hook(ids))
-                   for layer, ids in by_layer.items()]
-    else:
-        source, layout = QUERY_SOURCES[model.config.model_type]
-        attentions = attention_modules(model)
-        handles = [attentions[layer].get_submodule(source).register_forward_hook(zero_query_hook(ids, layout))
-                   for layer, ids in by_layer.items()]
-    try:
+    """`mask_heads` without its checks, for a caller that made them once: `heads` as `checked_heads`
+    returns them for this model and `mode`. A caller that masks many batches builds `HeadGates` once."""
+    with HeadGates(model, heads, mode).closed(masked_rows):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -1,0 +1,50 @@
+"""Masking is data: gates installed once with the scorer, set in place per pass, no hooks per batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attention_influence.losses import Scorer
+from attention_influence.masking import GATE, gated_modules
+from tests.test_core_losses import HEADS
+from tests.tiny_models import CharTokenizer, tiny_model
+
+TEXTS = ["the quick brown fox jumps over the lazy dog " * 3, "abc" * 30, "short", "hello world " * 9]
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._forward_hooks_with_kwargs)
+               for m in model.modules())
+
+
+@pytest.mark.parametrize("masking", ["uniform", "zero-output"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_scoring_installs_no_hook_per_batch_and_leaves_every_gate_open(masking, fused):
+    model = tiny_model("llama")
+    scorer = Scorer(model, CharTokenizer(), HEADS, max_seq_len=24, batch_tokens=48, fused=fused, masking=masking)
+    hooks = hook_count(model)
+    gates = [getattr(m, GATE) for m in gated_modules(model, masking)]
+    docs = scorer.score(TEXTS)
+    assert scorer.stats["padded_tokens"] > 48  # several batches
+    assert hook_count(model) == hooks
+    assert all(abs(d.loss_masked - d.loss_full) > 1e-6 for d in docs)  # random tiny weights: small, not 0
+    for module, gate in zip(gated_modules(model, masking), gates):
+        assert getattr(module, GATE) is gate  # the same buffer, set in place
+        assert gate.shape[:2] == (1, 1) and bool((gate == 1).all())
+    ids = torch.tensor([CharTokenizer()(TEXTS[0])["input_ids"]])
+    with torch.no_grad():  # open gates: exactly the model as built
+        torch.testing.assert_close(model(input_ids=ids).logits, tiny_model("llama")(input_ids=ids).logits,
+                                   atol=0, rtol=0)
+
+
+def test_gates_leave_the_state_dict_and_parameter_names_as_they_were():
+    model = tiny_model("qwen3")
+    before = dict(model.state_dict())
+    names = [name for name, _ in model.named_parameters()]
+    gated_modules(model, "uniform")
+    gated_modules(model, "zero-output")
+    assert list(model.state_dict()) == list(before)
+    assert [name for name, _ in model.named_parameters()] == names
+    model.load_state_dict(before)
+    assert all(isinstance(m, torch.nn.Linear) for m in gated_modules(model, "uniform"))
