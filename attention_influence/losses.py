@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from attention_influence.compiling import compile_layers
 from attention_influence.masking import DEFAULT_MASKING, Head, HeadGates, checked_heads, decoder_layers
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
@@ -296,17 +297,23 @@ class Scorer:
     token_losses: bool = False
     max_chars: int = 1_000_000
     on_batch: Callable[[int, int], None] | None = None  # (windows done, windows total)
+    # torch.compile of the decoder layers (attention_influence.compiling): None (eager, the default: not
+    # measured faster on a CPU, docs/benchmarks.md), "default", "reduce-overhead" (CUDA graphs; on a CPU
+    # it stays eager and `compile_skipped` says why) or "max-autotune-no-cudagraphs".
+    compile_mode: str | None = None
     stats: dict = field(default_factory=lambda: {"real_tokens": 0, "padded_tokens": 0, "oom_splits": 0})
 
     def __post_init__(self):
         self.heads = checked_heads(self.model, self.heads, self.masking, "masking")
-        # Masking is data installed once, here: the gates (set per pass) and the fused pass's fan-out.
-        self.gates = HeadGates(self.model, self.heads, self.masking)
-        fan_out(self.model)
         if self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be at least 2, got {self.max_seq_len}")
         self.batch_tokens = max(int(self.batch_tokens), self.max_seq_len)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        # Masking is data installed once, here: the gates (set per pass; a batch has at most
+        # batch_tokens / 2 rows, so their rows buffer never grows) and the fused pass's fan-out.
+        self.gates = HeadGates(self.model, self.heads, self.masking, max_rows=self.batch_tokens)
+        fan_out(self.model)
+        self.compile_skipped = compile_layers(self.model, self.compile_mode) if self.compile_mode else None
 
     def tokenize(self, text) -> tuple[list[int] | None, DocScore | None]:
         """Token ids, or the final DocScore for a document that cannot be scored."""

@@ -164,14 +164,23 @@ def _head_scale(width: int, head_dim: int, head_ids: list[int], layout: str) -> 
     return keep
 
 
-# Masking is data: each gated module multiplies by its buffer `head_gate`, shape (rows or 1, 1, width),
-# ones but zero over the masked heads' slices. A gate is installed once per module (its class is swapped
-# for a subclass with that multiply, so parameter names and state_dict stay as they were) and only its
-# values and row count change from pass to pass, in place: a compiled layer reads it as an input, so
+# Masking is data. Each gated module holds two buffers: `head_gate` (width,), one but zero over its
+# layer's masked heads' slices, and `head_gate_rows` (capacity, 1, 1), one for each batch row the gate
+# applies to, zero for a row it does not (the fused pass's full rows). The module multiplies by
+# 1 - rows * (1 - gate): exactly x where the gate is open (all ones, the state outside a pass), exactly 0
+# on a masked head's slice in a masked row. The gates are installed once per module (its class is swapped
+# for a subclass with that multiply, so parameter names and state_dict stay as they were); a pass only
+# changes their values, in place, with `copy_`. Their shapes never change with the batch (the rows
+# buffer is sliced to the batch's rows inside the forward), so a compiled layer reads them as inputs:
 # changing the masking neither recompiles nor goes unseen, as forward hooks did (dynamo does not guard
-# on hooks). Outside a pass every gate is open: shape (1, 1, width), all ones, and x * 1 == x exactly.
-GATE = "head_gate"
+# on hooks) -- and compiled graphs specialise on the shapes of buffers, which is why they stay fixed.
+GATE, ROWS = "head_gate", "head_gate_rows"
 _GATED_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def _scale(module: nn.Module, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    gate, applies = getattr(module, GATE), getattr(module, ROWS)[:rows]
+    return (1 - applies * (1 - gate)).to(dtype)  # (rows, 1, width)
 
 
 def _gated_class(base: type, side: str) -> type:
@@ -182,10 +191,10 @@ def _gated_class(base: type, side: str) -> type:
         if side == "output":
             def forward(self, *args, **kwargs):
                 out = base.forward(self, *args, **kwargs)
-                return out * getattr(self, GATE).to(out.dtype)
+                return out * _scale(self, out.shape[0], out.dtype)
         else:
             def forward(self, hidden, *args, **kwargs):
-                return base.forward(self, hidden * getattr(self, GATE).to(hidden.dtype), *args, **kwargs)
+                return base.forward(self, hidden * _scale(self, hidden.shape[0], hidden.dtype), *args, **kwargs)
         _GATED_CLASSES[key] = type(f"HeadGated{base.__name__}", (base,),
                                    {"forward": forward, "__module__": __name__, "gated_side": side})
     return _GATED_CLASSES[key]
@@ -199,18 +208,34 @@ def _gate_width(module: nn.Module) -> int:
     return module.weight.shape[0]  # a norm over all heads (OLMo2's q_norm)
 
 
-def _install_gate(module: nn.Module, side: str, width: int) -> nn.Module:
+def _normal_ones(*shape, like: torch.Tensor | None) -> torch.Tensor:
+    with torch.inference_mode(False):  # a normal tensor, so passes in and out of inference mode may set it
+        return torch.ones(*shape, dtype=like.dtype if like is not None else torch.float32,
+                          device=like.device if like is not None else None)
+
+
+def _gated(model: nn.Module) -> list[nn.Module]:
+    return [module for module in model.modules() if hasattr(type(module), "gated_side")]
+
+
+def _grow_rows(model: nn.Module, rows: int, like: torch.Tensor) -> torch.Tensor:
+    """A rows buffer at least `rows` long (doubling), given to every gate of the model; a compiled
+    layer recompiles once per growth, which `HeadGates(max_rows=...)` avoids."""
+    new = _normal_ones(max(64, rows, 2 * like.shape[0]), 1, 1, like=like)
+    for module in _gated(model):
+        module.register_buffer(ROWS, new, persistent=False)
+    return new
+
+
+def _install_gate(module: nn.Module, side: str, width: int, rows: torch.Tensor) -> nn.Module:
     if getattr(type(module), "gated_side", None) == side:
         return module
     if hasattr(type(module), "gated_side"):
         raise UnsupportedArchitectureError(f"{type(module).__name__} is gated on its {type(module).gated_side} "
                                            f"already; one module cannot hold both masking modes")
-    weight = next(module.parameters(), None)
-    with torch.inference_mode(False):  # a normal tensor, so passes in and out of inference mode may set it
-        gate = torch.ones(1, 1, width, dtype=weight.dtype if weight is not None else torch.float32,
-                          device=weight.device if weight is not None else None)
     module.__class__ = _gated_class(type(module), side)
-    module.register_buffer(GATE, gate, persistent=False)
+    module.register_buffer(GATE, _normal_ones(width, like=next(module.parameters(), None)), persistent=False)
+    module.register_buffer(ROWS, rows, persistent=False)  # one tensor shared by all the model's gates
     return module
 
 
@@ -220,11 +245,13 @@ def gated_modules(model: nn.Module, mode: str) -> list[nn.Module]:
     `uniform`: the queries' source (QUERY_SOURCES), its output gated; `zero-output`: the output projection,
     its input gated. Installing changes no result: an open gate multiplies by one."""
     check_masking(mode)
+    gated = _gated(model)
+    rows = getattr(gated[0], ROWS) if gated else _normal_ones(64, 1, 1, like=next(model.parameters(), None))
     if mode == "zero-output":
         _, n_heads, head_dim = head_layout(model)
-        return [_install_gate(proj, "input", n_heads * head_dim) for proj in output_projections(model)]
+        return [_install_gate(proj, "input", n_heads * head_dim, rows) for proj in output_projections(model)]
     source, _ = QUERY_SOURCES[model.config.model_type]
-    return [_install_gate(attn.get_submodule(source), "output", _gate_width(attn.get_submodule(source)))
+    return [_install_gate(attn.get_submodule(source), "output", _gate_width(attn.get_submodule(source)), rows)
             for attn in attention_modules(model)]
 
 
@@ -234,37 +261,39 @@ class HeadGates:
     Built once (the scorer builds it with itself); `closed(masked_rows)` sets the masked layers' gates
     for one pass and opens them again after it. `masked_rows` (bool, one per batch row) limits masking to
     those rows, so one batch can hold full and masked copies of the same windows (the fused pass).
+    `max_rows`: the most rows a pass will have (the scorer's budget), so the rows buffer never grows.
     """
 
-    def __init__(self, model: nn.Module, heads: list[Head], mode: str):
-        self.mode = mode
+    def __init__(self, model: nn.Module, heads: list[Head], mode: str, max_rows: int = 0):
+        self.model, self.mode = model, mode
         modules = gated_modules(model, mode)
+        if getattr(modules[0], ROWS).shape[0] < max_rows:
+            _grow_rows(model, max_rows, getattr(modules[0], ROWS))
         _, _, head_dim = head_layout(model)
         layout = "heads" if mode == "zero-output" else QUERY_SOURCES[model.config.model_type][1]
         by_layer: dict[int, list[int]] = {}
         for layer, head in heads:
             by_layer.setdefault(layer, []).append(head)
         # (module, its keep vector) for each masked layer; the other layers' gates stay open
-        self.masked = [(modules[layer], _head_scale(_gate_of(modules[layer]).shape[-1], head_dim, ids, layout))
+        self.masked = [(modules[layer], _head_scale(getattr(modules[layer], GATE).shape[-1], head_dim, ids, layout))
                        for layer, ids in sorted(by_layer.items())]
 
     def close(self, masked_rows: torch.Tensor | None = None) -> None:
         """Mask the heads: in every row, or in the rows where `masked_rows` is true."""
-        for module, keep in self.masked:
-            gate = _gate_of(module)
-            keep = keep.to(device=gate.device, dtype=gate.dtype)
+        for module, keep in self.masked:  # each its own rows buffer: `model.to()` unshares them
+            applies = getattr(module, ROWS)
             if masked_rows is None:
-                value = keep.view(1, 1, -1)
+                applies.fill_(1)
             else:
-                rows = masked_rows.to(gate.device).view(-1, 1, 1)
-                value = torch.where(rows, keep.view(1, 1, -1), torch.ones_like(keep).view(1, 1, -1))
-            gate.resize_(value.shape).copy_(value)
+                if applies.shape[0] < len(masked_rows):
+                    applies = _grow_rows(self.model, len(masked_rows), applies)
+                applies[:len(masked_rows)].copy_(masked_rows.view(-1, 1, 1))
+            getattr(module, GATE).copy_(keep)
 
     def open(self) -> None:
-        """Every gate back to one, shape (1, 1, width): the model as loaded."""
+        """Every gate back to one: the model as loaded."""
         for module, _ in self.masked:
-            gate = _gate_of(module)
-            gate.resize_(1, 1, gate.shape[-1]).fill_(1)
+            getattr(module, GATE).fill_(1)
 
     @contextmanager
     def closed(self, masked_rows: torch.Tensor | None = None) -> Iterator[None]:
@@ -273,10 +302,6 @@ class HeadGates:
             yield
         finally:
             self.open()
-
-
-def _gate_of(module: nn.Module) -> torch.Tensor:
-    return getattr(module, GATE)
 
 
 @contextmanager
@@ -297,5 +322,5 @@ def mask_checked_heads(model: nn.Module, heads: list[Head], masked_rows: torch.T
                        mode: str = DEFAULT_MASKING) -> Iterator[None]:
     """`mask_heads` without its checks, for a caller that made them once: `heads` as `checked_heads`
     returns them for this model and `mode`. A caller that masks many batches builds `HeadGates` once."""
-    with HeadGates(model, heads, mode).closed(masked_rows):
+    with HeadGates(model, heads, mode, len(masked_rows) if masked_rows is not None else 0).closed(masked_rows):
         yield

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attention_influence.losses import Scorer
-from attention_influence.masking import GATE, gated_modules
+from attention_influence.masking import GATE, ROWS, gated_modules
 from tests.test_core_losses import HEADS
 from tests.tiny_models import CharTokenizer, tiny_model
 
@@ -25,13 +25,16 @@ def test_scoring_installs_no_hook_per_batch_and_leaves_every_gate_open(masking, 
     scorer = Scorer(model, CharTokenizer(), HEADS, max_seq_len=24, batch_tokens=48, fused=fused, masking=masking)
     hooks = hook_count(model)
     gates = [getattr(m, GATE) for m in gated_modules(model, masking)]
+    rows = [getattr(m, ROWS) for m in gated_modules(model, masking)]
+    shapes = [(g.shape, r.shape) for g, r in zip(gates, rows)]
     docs = scorer.score(TEXTS)
     assert scorer.stats["padded_tokens"] > 48  # several batches
     assert hook_count(model) == hooks
     assert all(abs(d.loss_masked - d.loss_full) > 1e-6 for d in docs)  # random tiny weights: small, not 0
-    for module, gate in zip(gated_modules(model, masking), gates):
-        assert getattr(module, GATE) is gate  # the same buffer, set in place
-        assert gate.shape[:2] == (1, 1) and bool((gate == 1).all())
+    for module, gate, applies in zip(gated_modules(model, masking), gates, rows):
+        assert getattr(module, GATE) is gate and getattr(module, ROWS) is applies  # the same buffers, set in place
+        assert bool((gate == 1).all())
+    assert [(g.shape, r.shape) for g, r in zip(gates, rows)] == shapes  # fixed shapes: no recompiling
     ids = torch.tensor([CharTokenizer()(TEXTS[0])["input_ids"]])
     with torch.no_grad():  # open gates: exactly the model as built
         torch.testing.assert_close(model(input_ids=ids).logits, tiny_model("llama")(input_ids=ids).logits,
