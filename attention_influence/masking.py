@@ -179,7 +179,10 @@ _GATED_CLASSES: dict[tuple[type, str], type] = {}
 
 
 def _scale(module: nn.Module, rows: int, dtype: torch.dtype) -> torch.Tensor:
-    gate, applies = getattr(module, GATE), getattr(module, ROWS)[:rows]
+    gate, applies = getattr(module, GATE), getattr(module, ROWS)
+    # More rows than the buffer holds only when every row is masked or the gate is open (`close` grows the
+    # buffer for a row subset): its first entry then stands for all of them.
+    applies = applies[:1].expand(rows, 1, 1) if rows > applies.shape[0] else applies[:rows]
     return (1 - applies * (1 - gate)).to(dtype)  # (rows, 1, width)
 
 

@@ -51,3 +51,22 @@ def test_gates_leave_the_state_dict_and_parameter_names_as_they_were():
     assert [name for name, _ in model.named_parameters()] == names
     model.load_state_dict(before)
     assert all(isinstance(m, torch.nn.Linear) for m in gated_modules(model, "uniform"))
+
+
+@pytest.mark.parametrize("masking", ["uniform", "zero-output"])
+def test_batches_with_more_rows_than_the_rows_buffer_are_masked_in_every_row(masking):
+    """The rows buffer starts at 64 rows; a wider batch, open or masked in every row, is still right."""
+    from attention_influence.masking import mask_heads
+
+    model = tiny_model("llama")
+    ids = torch.randint(3, 40, (70, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with mask_heads(model, HEADS, mode=masking):  # installs the gates, 64 rows
+            assert getattr(gated_modules(model, masking)[0], ROWS).shape[0] < 70
+            every_row = model(input_ids=ids).logits
+        open_gates = model(input_ids=ids).logits
+        with mask_heads(model, HEADS, masked_rows=torch.ones(70, dtype=torch.bool), mode=masking):
+            by_rows = model(input_ids=ids).logits
+    torch.testing.assert_close(open_gates, tiny_model("llama")(input_ids=ids).logits, atol=0, rtol=0)
+    torch.testing.assert_close(every_row, by_rows, atol=0, rtol=0)
+    assert not torch.allclose(every_row, open_gates)
