@@ -53,6 +53,8 @@ def parse_args():
                    help="0: the fastest fused batch_tokens of --real-batch-sweep (used for every real-model run)")
     p.add_argument("--real-batch-sweep", default="512,1024,2048,4096")
     p.add_argument("--only-real", action="store_true", help="only the real-model measurements")
+    p.add_argument("--compile", action="store_true",
+                   help="also compiled vs eager decoder layers on the real model (fused; real_compiled_vs_eager)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--masking", default=None, help="masking mode (default: the library's DEFAULT_MASKING where "
                                                    "the scorer takes one; zero-output otherwise)")
@@ -269,6 +271,21 @@ def real_model_runs(args, results: dict, masking: str | None, scorer_kwargs: dic
                            args.pairs)
     print(f"(real) naive, two model(ids, labels=ids) calls per window at batch size 1: "
           f"{naive_pair['b_tokens_per_s']:,.1f} tokens/s; fused vs naive {pairs_text(naive_pair)}")
+    compiled_pair = None
+    if args.compile:  # whether Scorer(compile_mode="default") should be the CPU default (it is off)
+        from attention_influence.compiling import compile_layers, uncompile_layers
+
+        def run(compiled: bool):  # the same scorer; compiling wraps the model's layers, uncompiling unwraps
+            compile_layers(model) if compiled else uncompile_layers(model)
+            return timed_score(scorers[True], texts)
+
+        started = time.perf_counter()
+        run(True)  # compiles (dynamic shapes, cached by code object: re-wrapping later compiles nothing)
+        print(f"(real) compiling the decoder layers + a first run: {time.perf_counter() - started:.1f}s")
+        compiled_pair = alternate(lambda: run(True), lambda: run(False), args.pairs)
+        uncompile_layers(model)
+        print(f"(real) compiled layers {compiled_pair['a_tokens_per_s']:,.1f} tokens/s; compiled vs eager "
+              f"{pairs_text(compiled_pair)}, by CPU time {compiled_pair['cpu_time_ratio']:.3f}")
     print(f"(real) by process CPU time (less sensitive to other load), medians: fused vs two-pass "
           f"{fused_pair['cpu_time_ratio']:.3f}, fused vs naive {naive_pair['cpu_time_ratio']:.3f}")
     results["real"] = {"model": str(path), "documents": len(texts), "tokens": sum(lengths), "heads": heads,
@@ -276,6 +293,8 @@ def real_model_runs(args, results: dict, masking: str | None, scorer_kwargs: dic
                        "two_pass_tokens_per_s": fused_pair["b_tokens_per_s"],
                        "naive_tokens_per_s": naive_pair["b_tokens_per_s"], "fused_vs_two_pass": fused_pair,
                        "predicted_fused_vs_two_pass": predicted, "vs_naive": naive_pair, "mean_context": context}
+    if compiled_pair:
+        results["real"]["compiled_vs_eager"] = compiled_pair
     if not args.skip_spark:
         del model, scorers
         udf = UdfRuns(args, path, heads, texts, "float32", args.real_max_seq_len, batch_tokens, partitions=2)
@@ -410,6 +429,8 @@ def real_lines(real: dict) -> list[tuple[str, float]]:
     if fused["cpu_time_ratio"] and naive["cpu_time_ratio"]:
         lines += [("real_fused_vs_two_pass_cpu_time", fused["cpu_time_ratio"]),
                   ("real_vs_naive_cpu_time", naive["cpu_time_ratio"])]
+    if "compiled_vs_eager" in real:
+        lines += ratio_lines("real_compiled_vs_eager", real["compiled_vs_eager"])
     if "udf_tokens_per_s" in real:
         lines.append(("real_udf_vs_plain", real["udf_tokens_per_s"] / real["plain_tokens_per_s"]))
     lines += [("real_batch_tokens", real["batch_tokens"]), ("real_plain_tokens_per_s", real["plain_tokens_per_s"]),
