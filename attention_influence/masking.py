@@ -198,8 +198,12 @@ def _gated_class(base: type, side: str) -> type:
         else:
             def forward(self, hidden, *args, **kwargs):
                 return base.forward(self, hidden * _scale(self, hidden.shape[0], hidden.dtype), *args, **kwargs)
-        _GATED_CLASSES[key] = type(f"HeadGated{base.__name__}", (base,),
-                                   {"forward": forward, "__module__": __name__, "gated_side": side})
+        name = f"HeadGated{side.capitalize()}{base.__name__}"
+        while name in globals():  # another base class of the same name
+            name += "_"
+        gated = type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name,
+                                     "gated_side": side})
+        globals()[name] = _GATED_CLASSES[key] = gated  # findable by name, so a gated model pickles
     return _GATED_CLASSES[key]
 
 

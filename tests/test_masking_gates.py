@@ -70,3 +70,17 @@ def test_batches_with_more_rows_than_the_rows_buffer_are_masked_in_every_row(mas
     torch.testing.assert_close(open_gates, tiny_model("llama")(input_ids=ids).logits, atol=0, rtol=0)
     torch.testing.assert_close(every_row, by_rows, atol=0, rtol=0)
     assert not torch.allclose(every_row, open_gates)
+
+
+def test_a_gated_model_pickles_and_keeps_its_masking():
+    import pickle
+
+    from attention_influence.masking import mask_heads
+
+    model = tiny_model("gpt2")
+    ids = torch.tensor([[1, 5, 7, 9, 11, 4]])
+    with torch.no_grad(), mask_heads(model, HEADS, mode="uniform"):
+        masked = model(input_ids=ids).logits
+    copy = pickle.loads(pickle.dumps(model))
+    with torch.no_grad(), mask_heads(copy, HEADS, mode="uniform"):
+        torch.testing.assert_close(copy(input_ids=ids).logits, masked, atol=0, rtol=0)
