@@ -18,13 +18,15 @@ Tokens -> windows -> token-budget batches -> per-token losses -> documents.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from attention_influence.masking import DEFAULT_MASKING, Head, checked_heads, decoder_layers, mask_checked_heads
+from attention_influence.compiling import compile_layers
+from attention_influence.masking import DEFAULT_MASKING, Head, HeadGates, checked_heads, decoder_layers
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 
@@ -83,18 +85,21 @@ def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
 
 
 class _FanOut:
-    """Forward pre-hooks that turn a batch of B rows into [full; masked] 2B rows at `first_layer`.
+    """Forward pre-hooks that turn a batch of B rows into [full; masked] 2B rows at layer `start`
+    while `start` is set (the fused pass), and pass everything through otherwise.
 
-    Every decoder layer from `first_layer` on receives per-row tensors
-    (position embeddings, masks) computed for B rows; those are tiled to 2B.
-    Only tensors of 2+ dimensions whose first dimension is B are tiled, which
-    is what per-row inputs look like in every supported family.
+    Installed once per model (`fan_out`), never per batch. Every decoder layer from `start` on
+    receives per-row tensors (position embeddings, masks) computed for B rows; those are tiled to
+    2B. Only tensors of 2+ dimensions whose first dimension is B are tiled, which is what per-row
+    inputs look like in every supported family. The hooks run outside the layers' forward, so a
+    compiled layer sees plain tensors of B or 2B rows.
     """
 
-    def __init__(self, model, first_layer: int):
-        self.layers = list(decoder_layers(model))[first_layer:]
+    def __init__(self, model):
+        self.start: int | None = None
         self.rows = 0
-        self.handles = []
+        for index, layer in enumerate(decoder_layers(model)):
+            layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
 
     def _tile(self, value):
         if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == self.rows:
@@ -103,9 +108,11 @@ class _FanOut:
             return tuple(self._tile(v) for v in value)
         return value
 
-    def _hook(self, is_first: bool):
+    def _hook(self, index: int):
         def hook(_module, args, kwargs):
-            if is_first:
+            if self.start is None or index < self.start:
+                return None
+            if index == self.start:
                 hidden = args[0] if args else kwargs["hidden_states"]
                 self.rows = hidden.shape[0]
             args = tuple(self._tile(a) for a in args)
@@ -113,14 +120,23 @@ class _FanOut:
             return args, kwargs
         return hook
 
-    def __enter__(self):
-        self.handles = [layer.register_forward_pre_hook(self._hook(i == 0), with_kwargs=True)
-                        for i, layer in enumerate(self.layers)]
-        return self
+    @contextmanager
+    def from_layer(self, start: int):
+        self.start = start
+        try:
+            yield
+        finally:
+            self.start = None
 
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
+
+FAN_OUT = "_attention_influence_fan_out"
+
+
+def fan_out(model) -> _FanOut:
+    """The model's `_FanOut`, installed on first use."""
+    if not isinstance(getattr(model, FAN_OUT, None), _FanOut):
+        object.__setattr__(model, FAN_OUT, _FanOut(model))
+    return getattr(model, FAN_OUT)
 
 
 def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 25) -> torch.Tensor:
@@ -206,29 +222,38 @@ def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: b
     return _batch_losses(model, input_ids, heads, fused, masking)
 
 
-def _batch_losses(model, input_ids: torch.Tensor, heads: list[Head], fused: bool, masking: str):
+def _batch_losses(model, input_ids: torch.Tensor, heads: list[Head], fused: bool, masking: str,
+                  gates: HeadGates | None = None):
+    """`batch_losses` for checked `heads`; `gates` are those of `heads` and `masking` (the scorer builds
+    them once; without them they are built here)."""
     targets = input_ids[:, 1:]
     base = model.base_model
     if not heads:
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         full = _token_losses(model, hidden, targets)
         return full, full.clone()
+    gates = gates or HeadGates(model, heads, masking)
     if not fused:
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         full = _token_losses(model, hidden, targets)
-        with mask_checked_heads(model, heads, mode=masking):
+        with gates.closed():
             hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         return full, _token_losses(model, hidden, targets)
     rows = input_ids.shape[0]
-    both = _token_losses(model, _fused_hidden(model, input_ids, heads, masking), torch.cat([targets, targets]))
+    both = _token_losses(model, _fused_hidden(model, input_ids, heads, masking, gates), torch.cat([targets, targets]))
     return both[:rows], both[rows:]
 
 
-def _fused_hidden(model, input_ids: torch.Tensor, heads: list[Head], masking: str) -> torch.Tensor:
-    """Last hidden states of the fused pass, (2 x rows, length-1): the full rows, then the masked ones."""
+def _fused_hidden(model, input_ids: torch.Tensor, heads: list[Head], masking: str,
+                  gates: HeadGates | None = None) -> torch.Tensor:
+    """Last hidden states of the fused pass, (2 x rows, length-1): the full rows, then the masked ones.
+
+    The layers below the first masked one run on the B rows once with open gates; from there on the
+    rows are [full; masked] and the masked layers' gates are closed over the second half only."""
+    gates = gates or HeadGates(model, heads, masking)
     rows = input_ids.shape[0]
     masked_rows = torch.arange(2 * rows, device=input_ids.device) >= rows
-    with _FanOut(model, min(layer for layer, _ in heads)), mask_checked_heads(model, heads, masked_rows, masking):
+    with fan_out(model).from_layer(min(layer for layer, _ in heads)), gates.closed(masked_rows):
         return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
 
 
@@ -272,6 +297,10 @@ class Scorer:
     token_losses: bool = False
     max_chars: int = 1_000_000
     on_batch: Callable[[int, int], None] | None = None  # (windows done, windows total)
+    # torch.compile of the decoder layers (attention_influence.compiling): None (eager, the default: not
+    # measured faster on a CPU, docs/benchmarks.md), "default", "reduce-overhead" (CUDA graphs; on a CPU
+    # it stays eager and `compile_skipped` says why) or "max-autotune-no-cudagraphs".
+    compile_mode: str | None = None
     stats: dict = field(default_factory=lambda: {"real_tokens": 0, "padded_tokens": 0, "oom_splits": 0})
 
     def __post_init__(self):
@@ -280,6 +309,11 @@ class Scorer:
             raise ValueError(f"max_seq_len must be at least 2, got {self.max_seq_len}")
         self.batch_tokens = max(int(self.batch_tokens), self.max_seq_len)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        # Masking is data installed once, here: the gates (set per pass; a batch has at most
+        # batch_tokens / 2 rows, so their rows buffer never grows) and the fused pass's fan-out.
+        self.gates = HeadGates(self.model, self.heads, self.masking, max_rows=self.batch_tokens)
+        fan_out(self.model)
+        self.compile_skipped = compile_layers(self.model, self.compile_mode) if self.compile_mode else None
 
     def tokenize(self, text) -> tuple[list[int] | None, DocScore | None]:
         """Token ids, or the final DocScore for a document that cannot be scored."""
@@ -399,5 +433,5 @@ class Scorer:
             ids[row, :len(windows[index])] = torch.tensor(windows[index])
         if device.type == "cuda":
             ids = ids.pin_memory().to(device, non_blocking=True)
-        full, masked = _batch_losses(self.model, ids, self.heads, self.fused, self.masking)
+        full, masked = _batch_losses(self.model, ids, self.heads, self.fused, self.masking, self.gates)
         return full.cpu(), masked.cpu()

@@ -11,7 +11,9 @@
 * `zero-output`: the head's slice of the input of the attention output
   projection (`o_proj`, `dense`, `c_proj`) is zeroed, which removes the head.
 
-Both are forward hooks, so any attention implementation is masked the same way.
+Both are data, not hooks: a gate over the heads (a buffer, ones but zero for masked heads) that the
+query source multiplies its output by, or the output projection its input by, installed once per
+model; any attention implementation, eager or compiled, is masked the same way.
 With grouped-query attention a head is a *query* head, which is what the
 retrieval score ranks.
 """
@@ -162,6 +164,153 @@ def _head_scale(width: int, head_dim: int, head_ids: list[int], layout: str) -> 
     return keep
 
 
+# Masking is data. Each gated module holds two buffers: `head_gate` (width,), one but zero over its
+# layer's masked heads' slices, and `head_gate_rows` (capacity, 1, 1), one for each batch row the gate
+# applies to, zero for a row it does not (the fused pass's full rows). The module multiplies by
+# 1 - rows * (1 - gate): exactly x where the gate is open (all ones, the state outside a pass), exactly 0
+# on a masked head's slice in a masked row. The gates are installed once per module (its class is swapped
+# for a subclass with that multiply, so parameter names and state_dict stay as they were); a pass only
+# changes their values, in place, with `copy_`. Their shapes never change with the batch (the rows
+# buffer is sliced to the batch's rows inside the forward), so a compiled layer reads them as inputs:
+# changing the masking neither recompiles nor goes unseen, as forward hooks did (dynamo does not guard
+# on hooks) -- and compiled graphs specialise on the shapes of buffers, which is why they stay fixed.
+GATE, ROWS = "head_gate", "head_gate_rows"
+_GATED_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def _scale(module: nn.Module, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    gate, applies = getattr(module, GATE), getattr(module, ROWS)
+    # More rows than the buffer holds only when every row is masked or the gate is open (`close` grows the
+    # buffer for a row subset): its first entry then stands for all of them.
+    applies = applies[:1].expand(rows, 1, 1) if rows > applies.shape[0] else applies[:rows]
+    return (1 - applies * (1 - gate)).to(dtype)  # (rows, 1, width)
+
+
+def _gated_class(base: type, side: str) -> type:
+    """`base` with its output (`side="output"`, the queries) or its first input (`"input"`, the heads'
+    outputs entering the output projection) multiplied by the module's gate."""
+    key = (base, side)
+    if key not in _GATED_CLASSES:
+        if side == "output":
+            def forward(self, *args, **kwargs):
+                out = base.forward(self, *args, **kwargs)
+                return out * _scale(self, out.shape[0], out.dtype)
+        else:
+            def forward(self, hidden, *args, **kwargs):
+                return base.forward(self, hidden * _scale(self, hidden.shape[0], hidden.dtype), *args, **kwargs)
+        name = f"HeadGated{side.capitalize()}{base.__name__}"
+        while name in globals():  # another base class of the same name
+            name += "_"
+        gated = type(name, (base,), {"forward": forward, "__module__": __name__, "__qualname__": name,
+                                     "gated_side": side})
+        globals()[name] = _GATED_CLASSES[key] = gated  # findable by name, so a gated model pickles
+    return _GATED_CLASSES[key]
+
+
+def _gate_width(module: nn.Module) -> int:
+    """Width of the last dimension the gate multiplies: the queries a module produces."""
+    for name in ("out_features", "nf"):  # nn.Linear, GPT-2's Conv1D
+        if isinstance(getattr(module, name, None), int):
+            return getattr(module, name)
+    return module.weight.shape[0]  # a norm over all heads (OLMo2's q_norm)
+
+
+def _normal_ones(*shape, like: torch.Tensor | None) -> torch.Tensor:
+    with torch.inference_mode(False):  # a normal tensor, so passes in and out of inference mode may set it
+        return torch.ones(*shape, dtype=like.dtype if like is not None else torch.float32,
+                          device=like.device if like is not None else None)
+
+
+def _gated(model: nn.Module) -> list[nn.Module]:
+    return [module for module in model.modules() if hasattr(type(module), "gated_side")]
+
+
+def _grow_rows(model: nn.Module, rows: int, like: torch.Tensor) -> torch.Tensor:
+    """A rows buffer at least `rows` long (doubling), given to every gate of the model; a compiled
+    layer recompiles once per growth, which `HeadGates(max_rows=...)` avoids."""
+    new = _normal_ones(max(64, rows, 2 * like.shape[0]), 1, 1, like=like)
+    for module in _gated(model):
+        module.register_buffer(ROWS, new, persistent=False)
+    return new
+
+
+def _install_gate(module: nn.Module, side: str, width: int, rows: torch.Tensor) -> nn.Module:
+    if getattr(type(module), "gated_side", None) == side:
+        return module
+    if hasattr(type(module), "gated_side"):
+        raise UnsupportedArchitectureError(f"{type(module).__name__} is gated on its {type(module).gated_side} "
+                                           f"already; one module cannot hold both masking modes")
+    module.__class__ = _gated_class(type(module), side)
+    module.register_buffer(GATE, _normal_ones(width, like=next(module.parameters(), None)), persistent=False)
+    module.register_buffer(ROWS, rows, persistent=False)  # one tensor shared by all the model's gates
+    return module
+
+
+def gated_modules(model: nn.Module, mode: str) -> list[nn.Module]:
+    """The module of each layer that holds `mode`'s gate, installed on first use (once per model and mode).
+
+    `uniform`: the queries' source (QUERY_SOURCES), its output gated; `zero-output`: the output projection,
+    its input gated. Installing changes no result: an open gate multiplies by one."""
+    check_masking(mode)
+    gated = _gated(model)
+    rows = getattr(gated[0], ROWS) if gated else _normal_ones(64, 1, 1, like=next(model.parameters(), None))
+    if mode == "zero-output":
+        _, n_heads, head_dim = head_layout(model)
+        return [_install_gate(proj, "input", n_heads * head_dim, rows) for proj in output_projections(model)]
+    source, _ = QUERY_SOURCES[model.config.model_type]
+    return [_install_gate(attn.get_submodule(source), "output", _gate_width(attn.get_submodule(source)), rows)
+            for attn in attention_modules(model)]
+
+
+class HeadGates:
+    """The gates of one model for one masking mode and one checked list of heads.
+
+    Built once (the scorer builds it with itself); `closed(masked_rows)` sets the masked layers' gates
+    for one pass and opens them again after it. `masked_rows` (bool, one per batch row) limits masking to
+    those rows, so one batch can hold full and masked copies of the same windows (the fused pass).
+    `max_rows`: the most rows a pass will have (the scorer's budget), so the rows buffer never grows.
+    """
+
+    def __init__(self, model: nn.Module, heads: list[Head], mode: str, max_rows: int = 0):
+        self.model, self.mode = model, mode
+        modules = gated_modules(model, mode)
+        if getattr(modules[0], ROWS).shape[0] < max_rows:
+            _grow_rows(model, max_rows, getattr(modules[0], ROWS))
+        _, _, head_dim = head_layout(model)
+        layout = "heads" if mode == "zero-output" else QUERY_SOURCES[model.config.model_type][1]
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in heads:
+            by_layer.setdefault(layer, []).append(head)
+        # (module, its keep vector) for each masked layer; the other layers' gates stay open
+        self.masked = [(modules[layer], _head_scale(getattr(modules[layer], GATE).shape[-1], head_dim, ids, layout))
+                       for layer, ids in sorted(by_layer.items())]
+
+    def close(self, masked_rows: torch.Tensor | None = None) -> None:
+        """Mask the heads: in every row, or in the rows where `masked_rows` is true."""
+        for module, keep in self.masked:  # each its own rows buffer: `model.to()` unshares them
+            applies = getattr(module, ROWS)
+            if masked_rows is None:
+                applies.fill_(1)
+            else:
+                if applies.shape[0] < len(masked_rows):
+                    applies = _grow_rows(self.model, len(masked_rows), applies)
+                applies[:len(masked_rows)].copy_(masked_rows.view(-1, 1, 1))
+            getattr(module, GATE).copy_(keep)
+
+    def open(self) -> None:
+        """Every gate back to one: the model as loaded."""
+        for module, _ in self.masked:
+            getattr(module, GATE).fill_(1)
+
+    @contextmanager
+    def closed(self, masked_rows: torch.Tensor | None = None) -> Iterator[None]:
+        self.close(masked_rows)
+        try:
+            yield
+        finally:
+            self.open()
+
+
 @contextmanager
 def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tensor | None = None,
                mode: str = DEFAULT_MASKING) -> Iterator[None]:
@@ -178,48 +327,7 @@ def mask_heads(model: nn.Module, heads: Sequence[Head], masked_rows: torch.Tenso
 @contextmanager
 def mask_checked_heads(model: nn.Module, heads: list[Head], masked_rows: torch.Tensor | None = None,
                        mode: str = DEFAULT_MASKING) -> Iterator[None]:
-    """`mask_heads` without its checks, for a caller that made them once (the scorer masks every batch):
-    `heads` as `checked_heads` returns them for this model and `mode`."""
-    _, n_heads, head_dim = head_layout(model)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-
-    def masked(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        scale = keep.to(device=hidden.device, dtype=hidden.dtype)
-        if masked_rows is None:
-            return hidden * scale
-        rows = masked_rows.to(hidden.device).view(-1, *([1] * (hidden.dim() - 1)))
-        return torch.where(rows, hidden * scale, hidden)
-
-    def zero_output_hook(head_ids: list[int]):
-        keep = _head_scale(n_heads * head_dim, head_dim, head_ids, "heads")
-
-        def hook(_module, args):
-            return (masked(args[0], keep),) + tuple(args[1:])
-        return hook
-
-    def zero_query_hook(head_ids: list[int], layout: str):
-        keeps: dict[int, torch.Tensor] = {}  # by output width
-
-        def hook(_module, _args, output):
-            width = output.shape[-1]
-            if width not in keeps:
-                keeps[width] = _head_scale(width, head_dim, head_ids, layout)
-            return masked(output, keeps[width])
-        return hook
-
-    if mode == "zero-output":
-        projections = output_projections(model)
-        handles = [projections[layer].register_forward_pre_hook(zero_output_hook(ids))
-                   for layer, ids in by_layer.items()]
-    else:
-        source, layout = QUERY_SOURCES[model.config.model_type]
-        attentions = attention_modules(model)
-        handles = [attentions[layer].get_submodule(source).register_forward_hook(zero_query_hook(ids, layout))
-                   for layer, ids in by_layer.items()]
-    try:
+    """`mask_heads` without its checks, for a caller that made them once: `heads` as `checked_heads`
+    returns them for this model and `mode`. A caller that masks many batches builds `HeadGates` once."""
+    with HeadGates(model, heads, mode, len(masked_rows) if masked_rows is not None else 0).closed(masked_rows):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -70,3 +70,45 @@ def test_compiling_all_but_attention_keeps_the_masking_and_compiles_once(real_mo
         assert b.loss_masked == pytest.approx(a.loss_masked, abs=1e-5)
         assert abs(a.loss_masked - a.loss_full) > 1e-3  # the heads are masked in both, not just equal
     assert all("forward" not in part.__dict__ for layer in model.model.layers for part in layer.children())
+
+
+def test_alternate_takes_the_median_of_a_b_pairs_in_order():
+    """bench.alternate runs A B A B ... and reports each pair's speed ratio; the median, min and max."""
+    from benchmarks.bench import alternate
+
+    calls = []
+
+    def runner(name, seconds):
+        times = iter(seconds)
+
+        def run():
+            calls.append(name)
+            return {"tokens": 100, "seconds": next(times), "cpu_s": 1.0}
+        return run
+
+    pair = alternate(runner("a", [1.0, 2.0, 1.0]), runner("b", [2.0, 2.0, 8.0]), pairs=3)
+    assert calls == ["a", "b"] * 3
+    assert pair["ratios"] == [2.0, 1.0, 8.0]
+    assert (pair["ratio"], pair["ratio_min"], pair["ratio_max"]) == (2.0, 1.0, 8.0)
+
+
+def test_make_bench_runs_on_tiny_shapes_and_prints_median_ratio_lines(tmp_path):
+    """benchmarks/bench.py end to end (no Spark: its UDF path is exercised by `make bench`), tiny sizes:
+    every ratio line is a median with its min and max beside it."""
+    from tests.conftest import REAL_MODEL
+
+    real = REAL_MODEL if (Path(REAL_MODEL) / "config.json").exists() else ""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--out", str(tmp_path),
+                           "--skip-spark", "--pairs", "2", "--documents", "6", "--max-chars", "300", "--hidden", "32",
+                           "--layers", "4", "--heads", "4", "--max-seq-len", "32", "--batch-tokens", "256",
+                           "--sweep-documents", "4", "--real-model", real, "--real-documents", "2",
+                           "--real-max-chars", "200", "--real-max-seq-len", "32", "--real-batch-tokens", "128"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line and " " not in line)
+    keys = ["fused_vs_two_pass"] + (["real_fused_vs_two_pass", "real_vs_naive"] if real else [])
+    for key in keys:
+        low, median, high = (float(lines[k]) for k in (f"{key}_min", key, f"{key}_max"))
+        assert 0 < low <= median <= high, (key, low, median, high)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["fused_sweep"]["2"]["ratios"]) == 2
