@@ -134,7 +134,9 @@ def options(**settings) -> ScoreOptions:
     return parse_options([], settings)
 
 
-TASKS_PER_SLOT = 4  # several tasks per core (or per GPU): progress per finished task, no long straggler
+# Several tasks per core (or GPU) in each slice: the slice ends with its last task, and while it runs the
+# other slots idle, so smaller tasks shorten that tail at every slice boundary (benchmarks/slicing.py).
+TASKS_PER_SLOT = 8
 DRY_RUN_SAMPLE = 64  # documents tokenized on the driver to estimate a dry run's tokens
 
 
@@ -253,8 +255,8 @@ class ScorePlan:
     readable: dict
     state_dir: str
     run_key: str           # names this run's checkpoint and staging: same input, output, scorer, mode
-
     output: str
+    replaces_rows: bool    # the target holds rows a slice may replace (another scorer's; errors to retry)
 
     @property
     def checkpoint(self) -> str:
@@ -316,7 +318,21 @@ def plan(spark, options: ScoreOptions, model: ModelCheck) -> ScorePlan:
     return ScorePlan(documents=documents, total=total, committed_before=total - to_score, to_score=to_score,
                      target=target, carry=carry, heads=model.heads, max_seq_len=model.max_seq_len, dtype=dtype,
                      batch_tokens=batch_tokens, fingerprint=fingerprint, readable=readable, state_dir=state_dir,
-                     run_key=run_key, output=options.output)
+                     run_key=run_key, output=options.output,
+                     replaces_rows=holds_replaceable_rows(spark, target, fingerprint, options))
+
+
+def holds_replaceable_rows(spark, target: str, fingerprint: str, options: ScoreOptions) -> bool:
+    """Whether a slice's MERGE may have to replace rows (another scorer's, or errors under --retry-errors);
+    if not, every slice is an insert-only MERGE, which Delta runs as an anti-join and an append."""
+    from pyspark.sql import functions as F
+
+    if not table_exists(spark, target):
+        return False
+    replaceable = F.col(SCORER_COLUMN) != fingerprint
+    if options.retry_errors:
+        replaceable = replaceable | (F.col("status") == "error")
+    return bool(read_table(spark, target).where(replaceable).limit(1).count())
 
 
 def _absolute(ref: str) -> str:
@@ -445,26 +461,28 @@ def ensure_target(spark, options: ScoreOptions, plan: ScorePlan) -> None:
 
 
 MERGE_SCORES_SQL = Path(__file__).parent / "sql" / "merge_scores.sql"
+INSERT_NEW_SCORES_SQL = Path(__file__).parent / "sql" / "insert_new_scores.sql"
 CONSTANT_PARAMETERS = "spark.sql.legacy.parameterSubstitution.constantsOnly"
 
 
-def write_scores(spark, scored, options: ScoreOptions, target: str) -> None:
-    """One slice in one commit: SQL MERGE (new ids inserted, stale scorers and retried errors replaced).
+def write_scores(spark, scored, options: ScoreOptions, target: str, insert_only: bool = False) -> None:
+    """One slice in one commit: SQL MERGE (new ids inserted, stale scorers and retried errors replaced;
+    `insert_only` when the target holds nothing to replace: the same MERGE without its update clause).
 
     SQL rather than the DeltaTable API, so the same statement runs on a Spark Connect session. The
     table and the id column are checked and backquoted identifiers (SQL takes no parameter for
-    them); `retry_errors` is a named parameter.
+    them); `retry_errors` is a named parameter. The slice is written as a few files, one per slot.
     """
     import uuid
 
     session = scored.sparkSession
     view = "attention_influence_slice_" + uuid.uuid4().hex[:12]
-    scored.createOrReplaceTempView(view)
-    text = MERGE_SCORES_SQL.read_text().format(target=v2_name(target), source=view,
-                                               id_col=quote_identifier(options.id_col))
+    scored.coalesce(task_slots(session)).createOrReplaceTempView(view)
+    sql = INSERT_NEW_SCORES_SQL if insert_only else MERGE_SCORES_SQL
+    text = sql.read_text().format(target=v2_name(target), source=view, id_col=quote_identifier(options.id_col))
     try:
         with session_setting(session, CONSTANT_PARAMETERS, "true"):
-            session.sql(text, args={"retry_errors": bool(options.retry_errors)})
+            session.sql(text, args={} if insert_only else {"retry_errors": bool(options.retry_errors)})
     finally:
         session.catalog.dropTempView(view)
 
@@ -482,7 +500,7 @@ def is_commit_conflict(exc: BaseException) -> bool:
     return any(name in text for name in _CONFLICTS)
 
 
-def write_scores_with_retries(spark, scored, options: ScoreOptions, target: str) -> None:
+def write_scores_with_retries(spark, scored, options: ScoreOptions, target: str, insert_only: bool = False) -> None:
     """`write_scores`, again when a concurrent writer's commit conflicts with ours.
 
     The slice's scores are computed (cached); each attempt re-reads the table: the MERGE leaves
@@ -495,7 +513,7 @@ def write_scores_with_retries(spark, scored, options: ScoreOptions, target: str)
     attempts = options.commit_attempts or 5
     for attempt in range(1, attempts + 1):
         try:
-            write_scores(spark, scored, options, target)
+            write_scores(spark, scored, options, target, insert_only)
             return
         except Exception as exc:  # noqa: BLE001 - only conflicts are retried
             if not is_commit_conflict(exc):
@@ -516,7 +534,7 @@ def slice_committer(spark, options: ScoreOptions, plan: ScorePlan):
     recorded = {"scorer": table_properties(spark, plan.target).get(table_contract.SCORER)}
 
     def commit(scored) -> None:
-        write_scores_with_retries(spark, scored, options, plan.target)
+        write_scores_with_retries(spark, scored, options, plan.target, insert_only=not plan.replaces_rows)
         if recorded["scorer"] != plan.fingerprint:
             set_table_properties(spark, plan.target, properties)
             recorded["scorer"] = plan.fingerprint

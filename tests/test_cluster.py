@@ -348,11 +348,11 @@ def test_commit_conflict_is_retried_then_exit_3(spark, docs, tmp_path, monkeypat
     class ConcurrentAppendException(Exception):
         pass
 
-    def conflicting_write(spark_, scored, args, target):
+    def conflicting_write(spark_, scored, args, target, *insert_only):
         calls.append(target)
         if len(calls) == 1 or args.commit_attempts == 2:
             raise ConcurrentAppendException("[DELTA_CONCURRENT_APPEND] Files were added by a concurrent update.")
-        return real_write(spark_, scored, args, target)
+        return real_write(spark_, scored, args, target, *insert_only)
 
     monkeypatch.setattr(score, "write_scores", conflicting_write)
     monkeypatch.setattr(score.time, "sleep", lambda s: None)
