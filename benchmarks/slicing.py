@@ -15,6 +15,7 @@ S / (S + overhead_per_slice_s) of the one-shot throughput.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -60,8 +61,14 @@ def main():
      .write.format("delta").save(str(root / "docs")))
     spark.createDataFrame(docs[:8], "id STRING, domain STRING, text STRING").write.format("delta").save(str(root / "warm"))
     heads = root / "heads.json"
-    heads.write_text('{"model": "bench", "model_revision": null, "top_fraction": 0.05, '
-                     '"heads": [[3, 0], [3, 1], [5, 2], [7, 4], [9, 1], [11, 3]], "scores": {}}')
+    # Six heads in the upper half of the model (SmolLM2's copying heads sit there); any model's shape.
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.model)
+    layers, per_layer = config.num_hidden_layers, config.num_attention_heads
+    chosen = [[layer, head % per_layer] for layer in (layers // 2, layers - 1) for head in range(3)]
+    heads.write_text(json.dumps({"model": "bench", "model_revision": None, "top_fraction": 0.05,
+                                 "heads": chosen, "scores": {}}))
 
     def timed(name: str, slice_documents: int, source: str = "docs"):
         options = score.options(input=str(root / source), output=str(root / name), model=args.model,

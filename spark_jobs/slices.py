@@ -227,6 +227,10 @@ class Slicer:
                 self._error = exc
                 raise
 
+        with quiet_stream_log(spark):
+            return self._await(stream, process)
+
+    def _await(self, stream, process) -> str:
         query = (stream.writeStream.foreachBatch(process).option("checkpointLocation", self.work.checkpoint)
                  .trigger(availableNow=True).start())
         failure = None
@@ -286,6 +290,34 @@ class Slicer:
         how = "at once; the slice in flight was not committed" if at_once else "after the slice in flight"
         return (f"stopped on request {how}: {self.slices} slice(s) committed in this run, {committed} of "
                 f"{self.work.total} documents committed for this scorer; rerun the same command to resume")
+
+
+STREAM_LOGGERS = ("org.apache.spark.sql.execution.streaming",)
+
+
+@contextmanager
+def quiet_stream_log(spark):
+    """Spark's own log of the stream off while it runs, then as it was.
+
+    A query this job ends (a stop at a slice boundary, a task that failed every attempt, a commit
+    lost to other writers) is logged by Spark at ERROR with a Python traceback; the job reports
+    each of these itself in one line. Classic sessions only (a Connect server's log is its own).
+    """
+    levels = {}
+    try:
+        jvm = spark.sparkContext._jvm
+        configurator = jvm.org.apache.logging.log4j.core.config.Configurator
+        for name in STREAM_LOGGERS:
+            levels[name] = jvm.org.apache.logging.log4j.LogManager.getLogger(name).getLevel()
+            configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.OFF)
+    except Exception:  # noqa: BLE001 - no JVM here (Spark Connect) or another logging backend
+        levels = {}
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            with suppress(Exception):
+                configurator.setLevel(name, level)
 
 
 # ---------------------------------------------------------------- the input's history
