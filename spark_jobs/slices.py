@@ -35,7 +35,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Callable
 
-from spark_jobs.common import Stopped, first_line, v2_name
+from spark_jobs.common import Stopped, first_line, is_path, quote_identifier, v2_name
 from spark_jobs.progress import format_seconds
 
 STOP_MARKER = "attention-influence-stop-at-slice-boundary"
@@ -112,10 +112,6 @@ class SliceWork:
     stop: StopSignal
 
 
-def quoted_column(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 class Slicer:
     """Commits slices of the work; counts what it committed for the run's report."""
 
@@ -172,7 +168,7 @@ class Slicer:
         """
         from pyspark.sql import functions as F
 
-        id_hash = F.xxhash64(F.col(quoted_column(self.work.id_col)))
+        id_hash = F.xxhash64(F.col(quote_identifier(self.work.id_col)))
         while True:
             self._check_stop()
             todo = self.work.not_committed(documents)
@@ -215,7 +211,7 @@ class Slicer:
         self._batch_docs = max_files * self.work.docs_per_file
         reader = (spark.readStream.format("delta").option("maxFilesPerTrigger", str(max_files))
                   .option("skipChangeCommits", "true"))
-        stream = reader.load(self.work.source) if "/" in self.work.source else reader.table(self.work.source)
+        stream = reader.load(self.work.source) if is_path(self.work.source) else reader.table(self.work.source)
 
         def process(batch, batch_id):
             try:
