@@ -9,7 +9,7 @@ FIXTURE_MODEL := fixtures/tiny-llama
 # The demo's model: SmolLM2-135M (`make model`); `make demo MODEL=fixtures/tiny-llama` runs it on the fixture.
 MODEL  ?= $(REAL_MODEL)
 
-# The demo sized for 2 CPU cores on SmolLM2 (README: the demo): 330 documents of 400-1,000
+# The demo sized for 2 CPU cores on SmolLM2 (README: `make demo`): 330 documents of 400-1,000
 # characters (about 220 tokens, 72k in all) in 3 domains, head detection on few, short prompts. The fixture
 # model keeps the jobs' defaults (conf/*.yaml). Override any of these on the command line.
 ifeq ($(MODEL),$(REAL_MODEL))
@@ -97,7 +97,7 @@ package: install
 	@echo "dist/attention_influence_jobs.zip"
 
 # A local Spark standalone cluster (master 127.0.0.1:7077, two workers with one placeholder GPU each)
-# for conf/spark/standalone.conf; see the README's "Cluster" section.
+# for conf/spark/standalone.conf; see docs/cluster.md.
 cluster-start: install
 	PY=$(PY) scripts/cluster.sh start
 

@@ -49,7 +49,7 @@ MIN_VALUE_TOKENS = 6  # shorter "sentences" are mostly fragments ("Return x.")
 RANDOM_DRAWS = 5
 # How "the tokens the model produces" are obtained for the score: its greedy prediction at each answer position
 # given the true value so far (one forward pass), or a free greedy answer (Wu et al.). SmolLM2-135M answers
-# almost no sample right when decoding freely, which leaves every head near 0 (see README).
+# almost no sample right when decoding freely, which leaves every head near 0 (see docs/method.md).
 DECODINGS = ("teacher-forced", "greedy")
 DEFAULT_DECODING = "teacher-forced"
 

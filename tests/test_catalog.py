@@ -1,5 +1,6 @@
-"""Named tables: catalog names as every job's --input/--output, register_tables, and the README's
-queries by table name through the real `spark-sql` launcher (a private Derby metastore per test)."""
+"""Named tables: catalog names as every job's --input/--output, register_tables, and the documented
+queries (docs/sql-and-notebooks.md) by table name through the real `spark-sql` launcher (a private
+Derby metastore per test)."""
 
 from __future__ import annotations
 
@@ -66,14 +67,14 @@ def test_register_points_at_the_delta_folder(spark, tmp_path):
     assert code == 2
 
 
-def readme_queries() -> list[str]:
-    """The README's three queries on a scored table, as the README prints them."""
-    text = (REPO / "README.md").read_text()
+def documented_queries() -> list[str]:
+    """The three queries on a scored table, as docs/sql-and-notebooks.md prints them."""
+    text = (REPO / "docs" / "sql-and-notebooks.md").read_text()
     block = text.split("## Three queries on a scored table", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
     return [q.strip() for q in block.split(";") if q.strip()]
 
 
-def test_readme_queries_by_name_through_spark_sql(spark, tmp_path):
+def test_documented_queries_by_name_through_spark_sql(spark, tmp_path):
     """register_tables, then spark-sql, each its own process on one file-based Derby metastore:
     the first must end cleanly for the second to open it (embedded Derby: one process at a time)."""
     out = tmp_path / "demo-output"
@@ -97,7 +98,7 @@ def test_readme_queries_by_name_through_spark_sql(spark, tmp_path):
     assert registered.returncode == 0, registered.stderr
     assert "demo.scored -> " in registered.stdout
 
-    queries = [q.replace("delta.`demo-output/scored`", "demo.scored") for q in readme_queries()]
+    queries = [q.replace("delta.`demo-output/scored`", "demo.scored") for q in documented_queries()]
     assert len(queries) == 3 and all("demo.scored" in q for q in queries)
     answered = subprocess.run([sys.executable, str(REPO / "spark_jobs" / "spark_sql.py"), "-e", ";\n".join(queries)],
                               capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)

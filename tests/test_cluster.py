@@ -1,5 +1,5 @@
 """score.py on a real Spark standalone cluster (scripts/cluster.sh: a master and two workers, each
-its own JVM, one placeholder GPU each), submitted with spark-submit as the README says, and the
+its own JVM, one placeholder GPU each), submitted with spark-submit as docs/cluster.md says, and the
 faults of issue 8: a lost executor, a lost Python worker, a document that kills its worker every
 time, a killed driver, two concurrent writers; plus --retry-errors and the commit retry (local).
 
