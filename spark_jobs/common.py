@@ -72,7 +72,17 @@ def options_from(options_type: type[Options], namespace: argparse.Namespace, req
     for name in required:
         if given[name] in (None, ""):
             raise JobError(f"--{name.replace('_', '-')} is required")
+    for name in LOCAL_PATH_OPTIONS:
+        value = given.get(name)
+        if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value \
+                and os.path.exists(value):
+            given[name] = os.path.abspath(value)
     return options_type(**given)
+
+
+# A relative local path here means the driver's working directory; executors (and a Spark Connect
+# server's Python workers) run elsewhere, where it would fall through to a hub lookup: made absolute.
+LOCAL_PATH_OPTIONS = ("model", "heads")
 
 
 MAX_CONFIG_BYTES = 1 << 20  # job settings and Spark profiles are a few lines; anything bigger is a mistake
@@ -182,15 +192,20 @@ def read_properties(path: Path) -> dict[str, str]:
 
 
 def get_spark(app_name: str):
-    """The running session (notebook, spark-submit), else a local one with Delta from conf/spark/local.conf."""
+    """The running session (notebook, spark-submit), else a new one: a Spark Connect session when
+    SPARK_REMOTE is set (`sc://host:15002`, or `local[N]` for a local Connect server with Delta from
+    conf/spark/local.conf), else a classic local one from conf/spark/local.conf."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    remote = os.environ.get("SPARK_REMOTE")
+    if remote:
+        return connect_session(remote, app_name)
     if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: its properties file rules
         spark = SparkSession.builder.appName(app_name).getOrCreate()
-        spark.sparkContext.setLogLevel(os.environ.get("ATTENTION_INFLUENCE_LOG_LEVEL", "WARN"))
+        set_log_level(spark)
         return spark
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -198,8 +213,73 @@ def get_spark(app_name: str):
     for key, value in local_properties().items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("ATTENTION_INFLUENCE_LOG_LEVEL", "WARN"))
+    set_log_level(spark)
     return spark
+
+
+def connect_session(remote: str, app_name: str = "attention-influence"):
+    """A Spark Connect session. `sc://...` is a running server, configured by whoever runs it; `local[N]`
+    starts one in this process with the local profile's settings (Delta's extension and catalog)."""
+    import warnings
+
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    if remote.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        for key, value in local_properties().items():
+            if key != "spark.master":  # the server's master is `remote` itself
+                builder = builder.config(key, value)
+    with warnings.catch_warnings():
+        # The client sets the same settings again on its session once the local server runs; the
+        # server's static ones (extensions, jars, memory) are refused there with a warning each.
+        warnings.filterwarnings("ignore", message="Failed to set ")
+        return builder.getOrCreate()
+
+
+def is_connect(spark) -> bool:
+    """Whether `spark` is a Spark Connect session (no SparkContext, JVM or accumulators on this side).
+    The one place the jobs ask; everything that differs between the two kinds of session branches on it."""
+    try:
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+    except ImportError:  # pyspark without its connect extra: only classic sessions exist
+        return False
+    return isinstance(spark, ConnectSession)
+
+
+def set_log_level(spark) -> None:
+    """Spark's log level from ATTENTION_INFLUENCE_LOG_LEVEL (WARN): a classic session's driver log;
+    a Connect server's log is its operator's."""
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel(os.environ.get("ATTENTION_INFLUENCE_LOG_LEVEL", "WARN"))
+
+
+def default_parallelism(spark) -> int:
+    """Task slots (cores) of the session's cluster: the SparkContext's on a classic session; on Spark
+    Connect from the configuration (spark.default.parallelism, a local[N] master, or executors x cores),
+    else spark.sql.shuffle.partitions."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+
+    def setting(key: str) -> str | None:
+        try:
+            return spark.conf.get(key, None)
+        except Exception:  # noqa: BLE001 - a server may refuse to show some settings
+            return None
+
+    explicit = setting("spark.default.parallelism")
+    if explicit and explicit.isdigit():
+        return int(explicit)
+    master = setting("spark.master") or ""
+    match = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", master)
+    if match:  # local = 1 core, local[N], local[*] = every core here
+        cores = match.group(1)
+        return 1 if cores is None else (os.cpu_count() or 1) if cores == "*" else int(cores)
+    executors, cores = setting("spark.executor.instances"), setting("spark.executor.cores")
+    if executors and cores and executors.isdigit() and cores.isdigit():
+        return int(executors) * int(cores)
+    shuffle = setting("spark.sql.shuffle.partitions") or "200"
+    return int(shuffle) if shuffle.isdigit() else 200
 
 
 def profile_path() -> Path:
@@ -350,24 +430,29 @@ def check_table_name(ref: str) -> str:
 
 
 def table_exists(spark, ref: str) -> bool:
-    from delta.tables import DeltaTable
-
     check_table_name(ref)
-    if is_path(ref):
+    if not is_path(ref):
+        return spark.catalog.tableExists(ref)
+    if not is_connect(spark):
+        from delta.tables import DeltaTable
+
         return DeltaTable.isDeltaTable(spark, ref)
-    return spark.catalog.tableExists(ref)
+    # Spark Connect: the DeltaTable API needs Delta Connect's server plugin; DESCRIBE DETAIL is plain SQL.
+    try:
+        return table_detail(spark, ref)["format"] == "delta"
+    except Exception as exc:  # noqa: BLE001 - only "no Delta table there" means False
+        text = str(exc)
+        if any(marker in text for marker in ("DELTA_MISSING_DELTA_TABLE", "DELTA_PATH_DOES_NOT_EXIST",
+                                             "is not a Delta table", "doesn't exist", "does not exist",
+                                             "DELTA_TABLE_NOT_FOUND", "PATH_NOT_FOUND")):
+            return False
+        raise
 
 
 def read_table(spark, ref: str):
     if not table_exists(spark, ref):
         raise JobError(f"table not found: {ref}" + (" (not a Delta table)" if is_path(ref) and Path(ref).exists() else ""))
     return spark.read.format("delta").load(ref) if is_path(ref) else spark.table(ref)
-
-
-def delta_table(spark, ref: str):
-    from delta.tables import DeltaTable
-
-    return DeltaTable.forPath(spark, ref) if is_path(ref) else DeltaTable.forName(spark, ref)
 
 
 def create_table(df, ref: str, properties: dict[str, str] | None = None) -> None:
@@ -436,6 +521,69 @@ def session_setting(spark, key: str, value: str):
             spark.conf.set(key, previous)
 
 
+@contextmanager
+def session_settings(spark, settings: dict[str, str]):
+    """`session_setting` for each of `settings`."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for key, value in settings.items():
+            stack.enter_context(session_setting(spark, key, value))
+        yield
+
+
+CONSTANT_PARAMETERS = "spark.sql.legacy.parameterSubstitution.constantsOnly"
+
+
+def run_sql(spark, text: str, params: dict | None = None):
+    """`spark.sql(text, args=params)` with named parameters (`:name`), on either kind of session.
+
+    Classic: Spark binds them, as constants (Delta's SQL parser drops named parameters on Spark >= 4.1,
+    delta-io/delta#7640; conf/spark/local.conf). Spark Connect: there every parameterised statement
+    failed with UNBOUND_SQL_PARAMETER (pyspark 4.2.0, delta-spark 4.4.0, whatever constantsOnly says),
+    so they are bound here (`bind_parameters`): only booleans and numbers, as typed SQL literals.
+    """
+    if not params:
+        return spark.sql(text)
+    if is_connect(spark):
+        return spark.sql(bind_parameters(text, params))
+    with session_setting(spark, CONSTANT_PARAMETERS, "true"):
+        return spark.sql(text, args=params)
+
+
+_SQL_TOKENS = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`(?:[^`]|``)*`|--[^\n]*|/\*.*?\*/|::|:([A-Za-z_][A-Za-z0-9_]*)""",
+                         re.DOTALL)
+
+
+def sql_literal(value) -> str:
+    """A bool, int or finite float as a typed Spark SQL literal; anything else is refused (no text
+    value is ever pasted into SQL)."""
+    import math
+
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return f"{value}L"
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value!r}D"
+    raise TypeError(f"only booleans and numbers are bound as SQL literals, got {type(value).__name__}")
+
+
+def bind_parameters(text: str, params: dict) -> str:
+    """`text` with each `:name` outside quotes and comments replaced by `sql_literal(params[name])`."""
+    literals = {name: sql_literal(value) for name, value in params.items()}
+
+    def replace(match):
+        name = match.group(1)
+        if name is None:
+            return match.group(0)
+        if name not in literals:
+            raise JobError(f"SQL parameter :{name} has no value")
+        return literals[name]
+
+    return _SQL_TOKENS.sub(replace, text)
+
+
 # ---------------------------------------------------------------- catalog
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -462,11 +610,9 @@ def register_delta_table(spark, name: str, path: str) -> str:
     delta-io/delta#7640), so the name is validated and backquoted and the location is a quoted
     string literal (`_sql_string`), never pasted raw.
     """
-    from delta.tables import DeltaTable
-
     quoted = catalog_name(name)
     location = os.path.abspath(path)
-    if not DeltaTable.isDeltaTable(spark, location):
+    if not table_exists(spark, location):
         raise JobError(f"not a Delta table: {path}")
     parts = name.split(".")
     # Hive's metastore logs a stack trace at ERROR for CREATE DATABASE IF NOT EXISTS on an existing one: ask first.

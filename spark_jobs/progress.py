@@ -1,21 +1,40 @@
 """The job's own progress, printed from the driver while Spark works.
 
 Scoring is one Spark stage; its console bar counts tasks, which says little when a task runs for
-minutes. The scoring function adds each finished Arrow batch's documents and tokens to two Spark
-accumulators (`udfs.influence.score_documents(..., counters=...)`); a Python worker reports them
-when its task ends, so updates come once per finished task (hence several tasks per core or GPU,
-see `score.default_partitions`). A daemon thread on the driver reads them every few seconds,
-together with the stage's finished tasks from the status tracker, and prints one line:
+minutes. A daemon thread prints one line every few seconds:
 
-    progress: 40/90 documents (44%), 18344 tokens, 3/8 tasks, 1530 tokens/s, ETA 33s
+    slice 1: 40/90 documents (44%), about 18344 tokens, 3/8 tasks, 1530 tokens/s, ETA 33s
+
+Where the numbers come from depends on the session:
+
+* Classic: documents are counted inside running tasks. The scoring function yields its rows every
+  few seconds of work (`udfs.influence`), the job makes the Python worker hand each batch to the JVM
+  at once (`LIVE_OUTPUT_SETTINGS`), and executor heartbeats carry the scoring operator's output rows
+  (a SQL metric) to the driver's status store, where this thread reads them. Two accumulators add
+  each task's exact documents and tokens when the task ends (Python workers send accumulators only
+  then); tokens of documents still in flight are estimated from those at the finished tasks' rate,
+  hence "about". Before any task ends, the rate is in documents per second.
+* Spark Connect: no accumulators and no status store on this side. The session's progress handler
+  reports the stage's finished tasks; documents are estimated from them (the scoring tasks hold
+  equal shares of the slice), tokens are counted when the slice is committed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
+import uuid
+
+# Session settings while a scoring stage runs (classic sessions): the Python worker's socket buffer at a
+# few bytes, so each batch of scored rows reaches the JVM when the function yields it (with Spark's 64 KiB
+# default it sat there until the buffer filled, often until the task ended). Its cost is a few more
+# system calls per Arrow batch, nothing against a forward pass.
+LIVE_OUTPUT_SETTINGS = {"spark.sql.execution.pandas.udf.buffer.size": "64"}
+LIVE_ROWS_METRIC = "number of output rows"
+SCORING_NODE = "MapInPandas"
 
 
 def format_seconds(seconds: float) -> str:
@@ -27,46 +46,73 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class Progress:
-    """`with Progress(spark, total_documents) as progress:` run the work with `progress.counters`.
+class _Counts:
+    """What a source knows now: documents done (live where it can), and exact figures of finished tasks."""
 
-    The thread stops when the block ends, normally or by an exception, and prints nothing after.
-    """
+    def __init__(self, documents=0, finished_documents=0, finished_tokens=0, tasks=None, estimated=False):
+        self.documents = documents                    # done, counted inside running tasks where possible
+        self.finished_documents = finished_documents  # of finished tasks (exact)
+        self.finished_tokens = finished_tokens        # of finished tasks (exact)
+        self.tasks = tasks                            # (finished, total) of the scoring stage, or None
+        self.estimated = estimated                    # `documents` is an estimate (from tasks)
 
-    def __init__(self, spark, total_documents: int, interval: float | None = None, stream=None,
-                 label: str = "progress"):
+
+class ClassicSource:
+    """Accumulators for finished tasks, the scoring operator's live output rows for running ones."""
+
+    def __init__(self, spark, label: str):
+        self.spark = spark
         self.context = spark.sparkContext
         self.documents = self.context.accumulator(0)
         self.tokens = self.context.accumulator(0)
-        self.total_documents = total_documents
-        self.interval = interval or float(os.environ.get("ATTENTION_INFLUENCE_PROGRESS_SECONDS", "5"))
-        self.stream = stream or sys.stderr
-        self.label = label
-        self._stop = threading.Event()
-        self._thread = None
-        self._started = None
+        self.tag = f"attention-influence {label} {uuid.uuid4().hex[:8]}"
+        self._previous_description = None
 
     @property
     def counters(self):
-        """(documents, tokens) accumulators for the scoring function (picklable into tasks)."""
         return self.documents, self.tokens
 
-    def line(self) -> str:
-        elapsed = max(time.time() - self._started, 1e-9) if self._started else 0.0
-        done, tokens = self.documents.value, self.tokens.value
-        parts = [f"{done}/{self.total_documents} documents"
-                 + (f" ({100 * done / self.total_documents:.0f}%)" if self.total_documents else ""),
-                 f"{tokens} tokens"]
-        tasks = self._tasks()
-        if tasks:
-            parts.append(f"{tasks[0]}/{tasks[1]} tasks")
-        if elapsed:
-            parts.append(f"{tokens / elapsed:.0f} tokens/s")
-        if done and elapsed and self.total_documents > done:
-            parts.append("ETA " + format_seconds(elapsed * (self.total_documents - done) / done))
-        elif not done:
-            parts.append(f"{format_seconds(elapsed)} elapsed")
-        return f"{self.label}: " + ", ".join(parts)
+    def start(self) -> None:
+        # The scoring query's SQL execution carries this job description, so its metrics are found
+        # among the session's other queries (and the Spark UI names it).
+        self._previous_description = self.context.getLocalProperty("spark.job.description")
+        self.context.setJobDescription(self.tag)
+
+    def stop(self) -> None:
+        self.context.setJobDescription(self._previous_description)
+
+    def counts(self) -> _Counts:
+        finished_documents, finished_tokens = self.documents.value, self.tokens.value
+        live = self._live_rows()
+        return _Counts(max(finished_documents, live), finished_documents, finished_tokens, self._tasks())
+
+    def _live_rows(self) -> int:
+        """Output rows of the scoring operator in the running execution tagged by this source."""
+        try:
+            store = self.spark._jsparkSession.sharedState().statusStore()
+            count = store.executionsCount()
+            rows = 0
+            executions = store.executionsList(max(0, count - 16), 16).iterator()
+            while executions.hasNext():
+                execution = executions.next()
+                if execution.description() != self.tag:
+                    continue
+                values = store.executionMetrics(execution.executionId())
+                nodes = store.planGraph(execution.executionId()).allNodes().iterator()
+                while nodes.hasNext():
+                    node = nodes.next()
+                    if node.name() != SCORING_NODE:
+                        continue
+                    metrics = node.metrics().iterator()
+                    while metrics.hasNext():
+                        metric = metrics.next()
+                        if metric.name() == LIVE_ROWS_METRIC:
+                            value = values.get(metric.accumulatorId())
+                            if value.isDefined():
+                                rows += _metric_number(value.get())
+            return rows
+        except Exception:  # noqa: BLE001 - live rows are a refinement; the accumulators still count
+            return 0
 
     def _tasks(self):
         tracker = self.context.statusTracker()
@@ -77,6 +123,102 @@ class Progress:
                 finished, total = max((finished, total), (info.numCompletedTasks, info.numTasks), key=lambda t: t[1])
         return (finished, total) if total else None
 
+
+def _metric_number(text: str) -> int:
+    """A SQL metric's value as the status store prints it (`1,234`, or `total (min, med, max)\\n1,234 (...)`)."""
+    numbers = re.findall(r"\d[\d,]*", text.split("\n")[-1])
+    return int(numbers[0].replace(",", "")) if numbers else 0
+
+
+class ConnectSource:
+    """Spark Connect: the scoring stage's finished tasks from the session's progress handler."""
+
+    def __init__(self, spark, total_documents: int):
+        self.spark = spark
+        self.total_documents = total_documents
+        self._stages: dict[int, tuple[int, int, bool]] = {}
+        self._lock = threading.Lock()
+
+    counters = None
+
+    def _handler(self, **kwargs) -> None:  # stages, inflight_tasks, operation_id, done
+        with self._lock:
+            for stage in kwargs.get("stages") or []:
+                self._stages[stage.stage_id] = (stage.num_completed_tasks, stage.num_tasks, stage.done)
+
+    def start(self) -> None:
+        self.spark.registerProgressHandler(self._handler)
+
+    def stop(self) -> None:
+        try:
+            self.spark.removeProgressHandler(self._handler)
+        except Exception:  # noqa: BLE001 - the session may be stopping
+            pass
+
+    def counts(self) -> _Counts:
+        with self._lock:
+            stages = list(self._stages.values())
+        if not stages:
+            return _Counts()
+        finished, total, _ = max(stages, key=lambda s: s[1])  # the scoring stage: the slice's most tasks
+        documents = round(self.total_documents * finished / total) if total else 0
+        return _Counts(documents, tasks=(finished, total), estimated=True)
+
+
+class Progress:
+    """`with Progress(spark, total_documents) as progress:` run the work with `progress.counters`
+    (None on Spark Connect, where tasks cannot count).
+
+    The thread stops when the block ends, normally or by an exception, and prints nothing after.
+    """
+
+    def __init__(self, spark, total_documents: int, interval: float | None = None, stream=None,
+                 label: str = "progress"):
+        from spark_jobs.common import is_connect
+
+        self.source = ConnectSource(spark, total_documents) if is_connect(spark) else ClassicSource(spark, label)
+        self.total_documents = total_documents
+        self.interval = interval or float(os.environ.get("ATTENTION_INFLUENCE_PROGRESS_SECONDS", "5"))
+        self.stream = stream or sys.stderr
+        self.label = label
+        self._stop = threading.Event()
+        self._thread = None
+        self._started = None
+
+    @property
+    def counters(self):
+        """(documents, tokens) accumulators for the scoring function (picklable into tasks), or None."""
+        return self.source.counters
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """Session settings the scoring stage runs under for this progress to see inside tasks."""
+        return {} if self.source.counters is None else dict(LIVE_OUTPUT_SETTINGS)
+
+    def line(self) -> str:
+        elapsed = max(time.time() - self._started, 1e-9) if self._started else 0.0
+        counts = self.source.counts()
+        done = min(counts.documents, self.total_documents) if self.total_documents else counts.documents
+        about = "about " if counts.estimated else ""
+        parts = [f"{about}{done}/{self.total_documents} documents"
+                 + (f" ({100 * done / self.total_documents:.0f}%)" if self.total_documents else "")]
+        tokens = None
+        if counts.finished_documents:
+            in_flight = max(0, done - counts.finished_documents)
+            tokens = counts.finished_tokens + round(in_flight * counts.finished_tokens / counts.finished_documents)
+            parts.append(f"{'about ' if in_flight else ''}{tokens} tokens")
+        if counts.tasks:
+            parts.append(f"{counts.tasks[0]}/{counts.tasks[1]} tasks")
+        if elapsed and tokens is not None:
+            parts.append(f"{tokens / elapsed:.0f} tokens/s")
+        elif elapsed and done:
+            parts.append(f"{done / elapsed:.2f} documents/s")
+        if done and elapsed and self.total_documents > done:
+            parts.append("ETA " + format_seconds(elapsed * (self.total_documents - done) / done))
+        elif not done:
+            parts.append(f"{format_seconds(elapsed)} elapsed")
+        return f"{self.label}: " + ", ".join(parts)
+
     def _run(self):
         while not self._stop.wait(self.interval):
             try:
@@ -86,6 +228,7 @@ class Progress:
 
     def __enter__(self):
         self._started = time.time()
+        self.source.start()
         self._thread = threading.Thread(target=self._run, name="attention-influence-progress", daemon=True)
         self._thread.start()
         return self
@@ -93,4 +236,5 @@ class Progress:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
+        self.source.stop()
         return False

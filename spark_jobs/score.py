@@ -23,7 +23,7 @@ from pathlib import Path
 from spark_jobs import common, table_contract
 from spark_jobs.common import (CommitConflict, JobError, check_table_name, create_table, dumps, first_line, get_spark,
                                new_parser, options_from, parse_flags, positive_float, positive_int, quote_identifier,
-                               read_table, replace_table, session_setting, set_table_properties, table_detail,
+                               read_table, replace_table, session_settings, set_table_properties, table_detail,
                                table_exists, table_properties, v2_name)
 from spark_jobs.progress import Progress
 from spark_jobs.slices import COMPACT_AFTER_SLICES, SliceWork, Slicer, StopSignal, watch
@@ -424,7 +424,8 @@ def compute_scores(options: ScoreOptions, plan: ScorePlan, documents, count: int
     partitions = options.partitions or default_partitions(spark, count)
     progress = Progress(spark, count, label=f"slice {number}")
     scored = scored_rows(documents, scoring_settings(options, plan), plan, partitions, progress.counters)
-    with session_setting(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(options.arrow_batch_size)):
+    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(options.arrow_batch_size), **progress.settings}
+    with session_settings(spark, settings):
         with progress:  # prints documents, tokens, tokens/s and ETA every few seconds while the stage runs
             scored = scored.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
     stats = scored.groupBy("status").agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens")).collect()
@@ -462,7 +463,6 @@ def ensure_target(spark, options: ScoreOptions, plan: ScorePlan) -> None:
 
 MERGE_SCORES_SQL = Path(__file__).parent / "sql" / "merge_scores.sql"
 INSERT_NEW_SCORES_SQL = Path(__file__).parent / "sql" / "insert_new_scores.sql"
-CONSTANT_PARAMETERS = "spark.sql.legacy.parameterSubstitution.constantsOnly"
 
 
 def write_scores(spark, scored, options: ScoreOptions, target: str, insert_only: bool = False) -> None:
@@ -481,8 +481,7 @@ def write_scores(spark, scored, options: ScoreOptions, target: str, insert_only:
     sql = INSERT_NEW_SCORES_SQL if insert_only else MERGE_SCORES_SQL
     text = sql.read_text().format(target=v2_name(target), source=view, id_col=quote_identifier(options.id_col))
     try:
-        with session_setting(session, CONSTANT_PARAMETERS, "true"):
-            session.sql(text, args={} if insert_only else {"retry_errors": bool(options.retry_errors)})
+        common.run_sql(session, text, None if insert_only else {"retry_errors": bool(options.retry_errors)})
     finally:
         session.catalog.dropTempView(view)
 
@@ -556,8 +555,17 @@ def compact(spark, target: str) -> None:
 
 
 def remove_state(spark, path: str) -> None:
-    """Delete a staging table or checkpoint the run no longer needs (Hadoop's file system, any scheme)."""
+    """Delete a staging table or checkpoint the run no longer needs: Hadoop's file system (any scheme) on
+    a classic session; on Spark Connect, which has no file API, a local path from here, else left behind."""
     try:
+        if common.is_connect(spark):
+            local = path.removeprefix("file:") if "://" not in path or path.startswith("file:") else None
+            if local is None or not os.path.exists(local):
+                raise JobError("Spark Connect has no file API for it; delete it with your storage's tools")
+            import shutil
+
+            shutil.rmtree(local)
+            return
         jvm = spark.sparkContext._jvm
         hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
         hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hadoop_path, True)
@@ -634,7 +642,7 @@ def run(spark, options: ScoreOptions, model: ModelCheck | None = None, stop: Sto
 def task_slots(spark) -> int:
     """Task slots of the cluster: cores, or GPUs where a task takes a whole GPU (see default_partitions)."""
     task_cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
-    return max(1, spark.sparkContext.defaultParallelism // max(1, task_cpus))
+    return max(1, common.default_parallelism(spark) // max(1, task_cpus))
 
 
 def main(argv=None):

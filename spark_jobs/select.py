@@ -18,13 +18,12 @@ from pathlib import Path
 
 from spark_jobs import common, table_contract
 from spark_jobs.common import (JobError, fraction, get_spark, new_parser, options_from, parse_flags, positive_int,
-                               quote_identifier, read_table, replace_table, session_setting, table_exists,
-                               table_properties)
+                               quote_identifier, read_table, run_sql, table_exists, table_properties,
+                               v2_name)
 
 SELECT_TOP_SQL = Path(__file__).with_name("sql") / "select_top.sql"
 # Delta's SQL parser drops named parameters on Spark >= 4.1 (delta-io/delta#7640) unless they are
 # substituted as constants; conf/spark/*.conf set it, and the job sets it for its own query only.
-CONSTANT_PARAMETERS = "spark.sql.legacy.parameterSubstitution.constantsOnly"
 
 
 def build_parser():
@@ -92,11 +91,24 @@ def select_top(spark, scored, options: SelectOptions):
     source = (scored.withColumn("selection_id", F.col(quote_identifier(options.id_col)).cast("string"))
               .withColumn("selection_domain", F.coalesce(domain.cast("string"), F.lit(""))))
     source.createOrReplaceTempView("candidates_source")
-    params = {"by_domain": bool(options.by_domain), "use_budget": options.token_budget is not None,
-              "fraction": float(options.fraction), "token_budget": int(options.token_budget or 0),
-              "min_tokens": int(options.min_tokens or 0)}
-    with session_setting(spark, CONSTANT_PARAMETERS, "true"):
-        return spark.sql(SELECT_TOP_SQL.read_text(), args=params)
+    params = selection_parameters(options)
+    return run_sql(spark, SELECT_TOP_SQL.read_text(), params)
+
+
+def write_selection(spark, scored, options: SelectOptions) -> None:
+    """The selection into `options.output` in one atomic commit: CREATE OR REPLACE TABLE ... AS the query,
+    one SQL statement with its parameters. (On Spark Connect a parameterised query handed to `writeTo`
+    loses its parameters by the time the server plans the write; one statement runs the same in both.)"""
+    select_top(spark, scored, options)  # checks the columns, registers `candidates_source`
+    params = selection_parameters(options)
+    statement = f"CREATE OR REPLACE TABLE {v2_name(options.output)} USING delta AS\n{SELECT_TOP_SQL.read_text()}"
+    run_sql(spark, statement, params)
+
+
+def selection_parameters(options: SelectOptions) -> dict:
+    return {"by_domain": bool(options.by_domain), "use_budget": options.token_budget is not None,
+            "fraction": float(options.fraction), "token_budget": int(options.token_budget or 0),
+            "min_tokens": int(options.min_tokens or 0)}
 
 
 def report(spark, options: SelectOptions, scored) -> None:
@@ -126,7 +138,7 @@ def run(spark, options: SelectOptions) -> None:
     """Select from `options.input` into `options.output` (replaced atomically) and print what was kept."""
     scored = read_table(spark, options.input)
     options = with_recorded_columns(spark, options)
-    replace_table(select_top(spark, scored, options), options.output)
+    write_selection(spark, scored, options)
     report(spark, options, scored)
 
 

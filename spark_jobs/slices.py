@@ -35,7 +35,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Callable
 
-from spark_jobs.common import Stopped, first_line, is_path, quote_identifier, v2_name
+from spark_jobs.common import Stopped, first_line, is_connect, is_path, quote_identifier, v2_name
 from spark_jobs.progress import format_seconds
 
 STOP_MARKER = "attention-influence-stop-at-slice-boundary"
@@ -127,6 +127,7 @@ class Slicer:
         self._error: BaseException | None = None
         self._batch_docs = None  # documents per micro-batch the running stream was sized for
         self.restarts = 0
+        self._said_connect = False
 
     # ------------------------------------------------------------ one slice
 
@@ -189,7 +190,18 @@ class Slicer:
     # ------------------------------------------------------------ the stream
 
     def run_stream(self) -> bool:
-        """The input's files not yet streamed, in micro-batches; False when the stream could not run."""
+        """The input's files not yet streamed, in micro-batches; False when the stream could not run.
+
+        On Spark Connect a `foreachBatch` function runs in a Python process of the server, away from
+        this driver's slicer, its progress and its stop signals: there the run is the full comparison
+        alone (`commit_remaining`), hashed slices that each rescan the input.
+        """
+        if is_connect(self.work.spark):
+            if not self._said_connect:
+                self._said_connect = True
+                print("Spark Connect: slices are cut from the whole input by a hash of the id (each slice "
+                      "rescans the input; a classic session streams it instead)", file=sys.stderr, flush=True)
+            return False
         failures = 0
         while True:
             outcome = self._stream_once()

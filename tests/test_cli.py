@@ -134,3 +134,29 @@ def test_options_from_settings_as_a_notebook_passes_them():
 def test_option_errors_stop_before_spark_starts(job, args, message):
     """One line on stderr and nothing else: no Spark session was started for a run that cannot go on."""
     assert message in one_line_error(run_cli(job, *args))
+
+
+def test_the_default_model_is_the_real_one_and_its_absence_says_how_to_get_it(tmp_path):
+    """conf/*.yaml default to SmolLM2 (`make model`), not the fixture; a missing copy is one line that
+    says how to make it. A relative local path is made absolute for the executors."""
+    import os
+
+    from attention_influence.loading import ModelLoadError, load_config
+    from spark_jobs import detect_heads, probe, score
+
+    for module in (score, detect_heads, probe):
+        assert module.parse_flags.__module__ == "spark_jobs.common"
+    assert score.options(input="a/b", output="c/d", heads="h").model.endswith("models/smollm2-135m-instruct")
+    with pytest.raises(ModelLoadError, match=r"model path does not exist: .*smollm2-135m-instruct "
+                                             r"\(`make model` makes it"):
+        load_config(str(tmp_path / "models" / "smollm2-135m-instruct"))
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        (tmp_path / "my-model").mkdir()
+        (tmp_path / "heads.json").write_text("{}")
+        options = score.options(input="a/b", output="c/d", model="my-model", heads="heads.json")
+        assert (options.model, options.heads) == (str(tmp_path / "my-model"), str(tmp_path / "heads.json"))
+        assert score.options(input="a/b", output="c/d", model="org/hub-model", heads="h").model == "org/hub-model"
+    finally:
+        os.chdir(here)

@@ -82,7 +82,7 @@ def test_a_document_that_breaks_the_model_fails_alone(monkeypatch):
 
 
 def test_pooled_udf_path_gives_each_row_once_in_order_and_isolates_a_bad_document(monkeypatch):
-    """Pools span several Arrow batches; output is one frame per input frame, equal to scoring alone."""
+    """Pools cut across Arrow batches; output is one frame per pool, rows in order, equal to scoring alone."""
     import pandas as pd
 
     import udfs.influence as influence
@@ -106,8 +106,8 @@ def test_pooled_udf_path_gives_each_row_once_in_order_and_isolates_a_bad_documen
     docs[6] = "poison"
     frames = [pd.DataFrame({"id": [str(i) for i in range(a, b)], "text": docs[a:b]})
               for a, b in [(0, 4), (4, 4), (4, 7), (7, 8), (8, 11)]]
-    out = list(influence.score_pooled(iter(frames), settings, None, pool_rows=5))
-    assert [list(f["id"]) for f in out] == [list(f["id"]) for f in frames if len(f)]
+    out = list(influence.score_pooled(iter(frames), settings, None, pool_rows=5, pool_seconds=None))
+    assert [list(f["id"]) for f in out] == [[str(i) for i in range(a, min(a + 5, 11))] for a in (0, 5, 10)]
     got = pd.concat(out, ignore_index=True)
     assert list(got["status"]) == ["ok"] * 6 + ["error"] + ["ok"] * 4
     reference = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=16)
@@ -169,3 +169,31 @@ def test_flop_model_matches_a_hand_count():
     assert fused_flops(SMOLLM2_135M, 17, context) == pytest.approx(30 * layer + 13 * layer + 2 * head)
     assert predicted_fused_ratio(SMOLLM2_135M, 17, context) == pytest.approx(1.29, abs=0.01)
     assert predicted_fused_ratio(SMOLLM2_135M, 0, context) == pytest.approx(1.0)
+
+
+def test_pools_are_sized_to_measured_work_and_keep_every_row_in_order():
+    """Pools start small, follow the measured rate toward POOL_SECONDS (at most 4x a pool, within the
+    bounds), and regrouping never drops, repeats or reorders a row, whatever the Arrow batches were."""
+    import pandas as pd
+
+    import udfs.influence as influence
+
+    sizer = influence.PoolSizer(most=100, seconds=10.0)
+    assert sizer.rows == influence.FIRST_POOL_ROWS
+    sizer.measured(16, 1.0)       # 16 rows/s: 160 wanted, 4x caps at 64
+    assert sizer.rows == 64
+    sizer.measured(64, 1.0)       # 640 wanted: the most is 100
+    assert sizer.rows == 100
+    sizer.measured(100, 1000.0)   # 1 row per 10 s: the least is MIN_POOL_ROWS
+    assert sizer.rows == influence.MIN_POOL_ROWS
+    assert influence.PoolSizer(most=7, seconds=None).rows == 7
+
+    frames = [pd.DataFrame({"id": list(range(a, b))}) for a, b in [(0, 3), (3, 3), (3, 20), (20, 21), (21, 40)]]
+    sizes = iter([5, 9, 2, 30])
+    sizer = influence.PoolSizer(most=5, seconds=None)
+    pools = []
+    for pool in influence._pools(iter(frames), sizer):
+        pools.append(list(pool["id"]))
+        sizer.rows = next(sizes, 30)
+    assert [len(p) for p in pools] == [5, 5, 9, 2, 19]
+    assert sum(pools, []) == list(range(40))

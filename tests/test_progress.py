@@ -95,3 +95,28 @@ def test_dry_run_writes_nothing_then_a_run_shows_progress(spark, tmp_path, fixtu
         in out.out
     assert spark.sql(f"DESCRIBE HISTORY delta.`{output}`").first()["version"] == version  # unchanged
     assert spark.read.format("delta").load(output).count() == 6
+
+
+def test_progress_moves_inside_a_single_long_task(spark, tmp_path, fixture_model, capsys, monkeypatch):
+    """One task scores every document: the documents done rise while it runs (executor heartbeats carry
+    the scoring operator's live output rows to the driver), not only when it ends."""
+    import random
+
+    rng = random.Random(0)
+    words = [t for _, _, text in SAMPLE_TEXTS for t in text.split()]
+    rows = [(f"doc-{i}", "web", " ".join(rng.choice(words) for _ in range(150))) for i in range(LONG_TASK_DOCUMENTS)]
+    docs = write_docs(spark, rows, tmp_path / "docs")
+    heads = write_heads(tmp_path / "heads.json", [(1, 0)])
+    monkeypatch.setenv("ATTENTION_INFLUENCE_PROGRESS_SECONDS", "0.5")
+    code, out = run_job(score, ["--input", docs, "--output", str(tmp_path / "scored"), "--model", fixture_model,
+                                "--heads", heads, "--partitions", "1", "--slice-documents", "100000"], capsys)
+    assert code == 0, out.err
+    inside = [(int(m.group(1)), m.group(0)) for m in
+              re.finditer(rf"slice 1: (\d+)/{LONG_TASK_DOCUMENTS} documents \(\d+%\), 0/1 tasks[^\n]*", out.err)]
+    moving = sorted({done for done, _ in inside if 0 < done < LONG_TASK_DOCUMENTS})
+    assert len(moving) >= 2, "progress lines while the one task ran:\n" + "\n".join(line for _, line in inside)
+    assert any("documents/s" in line for done, line in inside if done)  # no task ended: no tokens/s yet
+    assert f"slice 1: {LONG_TASK_DOCUMENTS} documents, " in out.err
+
+
+LONG_TASK_DOCUMENTS = 240

@@ -71,7 +71,7 @@ def _assigned_gpu() -> str | None:
 def get_scorer(settings: ScoringSettings, gpu: str | None):
     """The worker's scorer for these settings and this device, built on first use."""
     global _SCORER
-    from attention_influence.loading import device_for_gpu_address, load_model
+    from attention_influence.loading import device_for_gpu_address
     from attention_influence.losses import Scorer
 
     device = device_for_gpu_address(gpu)
@@ -85,9 +85,7 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
             context = TaskContext.get()
             torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
         started = time.time()
-        model, tokenizer = load_model(settings.model, dtype=settings.dtype, device=device, revision=settings.revision,
-                                      trust_remote_code=settings.trust_remote_code,
-                                      allow_pickle_weights=settings.allow_pickle_weights)
+        model, tokenizer = _load_on_executor(settings, device)
         _SCORER = key, Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
                               batch_tokens=settings.batch_tokens, fused=settings.fused,
                               token_losses=settings.token_losses, max_chars=settings.max_chars,
@@ -95,6 +93,24 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
         print(f"[attention-influence] loaded {settings.model} on {device} ({settings.dtype}) "
               f"in {time.time() - started:.1f}s", file=sys.stderr, flush=True)
     return _SCORER[1]
+
+
+def _load_on_executor(settings: ScoringSettings, device):
+    """The model, or one line that says an executor cannot read a local model path (and from where)."""
+    import socket
+
+    from attention_influence.loading import ModelLoadError, load_model
+
+    try:
+        return load_model(settings.model, dtype=settings.dtype, device=device, revision=settings.revision,
+                          trust_remote_code=settings.trust_remote_code,
+                          allow_pickle_weights=settings.allow_pickle_weights)
+    except ModelLoadError as exc:
+        if os.path.isabs(settings.model) and not os.path.exists(settings.model):
+            raise ModelLoadError(f"model path {settings.model} is not readable on executor {socket.gethostname()} "
+                                 f"(working directory {os.getcwd()}): a local --model must be at the same path "
+                                 f"on every executor") from None
+        raise exc from None
 
 
 def _output_frame(frame: pd.DataFrame, docs, settings: ScoringSettings) -> pd.DataFrame:
@@ -112,25 +128,49 @@ def _output_frame(frame: pd.DataFrame, docs, settings: ScoringSettings) -> pd.Da
     return out
 
 
-# Arrow batches gathered into one pool before planning token-budget batches: bigger pools sort
-# more windows by length (less padding, full batches), while the output stays one frame per input frame.
+# Rows gathered into one pool before planning token-budget batches: bigger pools sort more windows by
+# length (less padding, full batches). A pool's rows are yielded when it is scored, which is when the
+# driver's progress sees them (spark_jobs/progress.py), so pools are sized to about POOL_SECONDS of
+# measured work: the first FIRST_POOL_ROWS rows, then from the rate, at most POOL_ROWS (a GPU reaches
+# that cap within the target; a CPU scoring SmolLM2 pools a few dozen documents).
 POOL_ROWS = 2048
+FIRST_POOL_ROWS = 16
+MIN_POOL_ROWS = 8
+POOL_SECONDS = 15.0
 
 
-def _pools(frames: Iterator[pd.DataFrame], pool_rows: int) -> Iterator[list[pd.DataFrame]]:
-    """Consecutive non-empty frames, gathered until they hold at least `pool_rows` rows."""
-    pool: list[pd.DataFrame] = []
+class PoolSizer:
+    """Rows of the next pool: `rows`, re-measured after each pool (`measured`), growing at most 4x a pool."""
+
+    def __init__(self, most: int = POOL_ROWS, seconds: float | None = POOL_SECONDS):
+        self.most = max(1, most)
+        self.seconds = seconds
+        self.rows = self.most if seconds is None else min(self.most, FIRST_POOL_ROWS)
+
+    def measured(self, rows: int, seconds: float) -> None:
+        if self.seconds is None or rows <= 0 or seconds <= 0:
+            return
+        wanted = int(rows / seconds * self.seconds)
+        self.rows = max(min(MIN_POOL_ROWS, self.most), min(self.most, wanted, 4 * self.rows))
+
+
+def _pools(frames: Iterator[pd.DataFrame], sizer: PoolSizer) -> Iterator[pd.DataFrame]:
+    """The rows of `frames` in order, regrouped into pools of `sizer.rows` rows (the last one smaller)."""
+    held: list[pd.DataFrame] = []
     rows = 0
     for frame in frames:
         if not len(frame):
             continue
-        pool.append(frame)
+        held.append(frame)
         rows += len(frame)
-        if rows >= pool_rows:
-            yield pool
-            pool, rows = [], 0
-    if pool:
-        yield pool
+        while rows >= sizer.rows:
+            joined = pd.concat(held, ignore_index=True) if len(held) > 1 else held[0].reset_index(drop=True)
+            cut = sizer.rows
+            yield joined.iloc[:cut].reset_index(drop=True)
+            rest = joined.iloc[cut:]
+            held, rows = ([rest] if len(rest) else []), len(rest)
+    if held:
+        yield pd.concat(held, ignore_index=True) if len(held) > 1 else held[0].reset_index(drop=True)
 
 
 def _ahead(items: Iterator, depth: int = 1) -> Iterator:
@@ -177,27 +217,27 @@ def _ahead(items: Iterator, depth: int = 1) -> Iterator:
 
 
 def score_pooled(frames: Iterator[pd.DataFrame], settings: ScoringSettings, gpu: str | None,
-                 pool_rows: int = POOL_ROWS) -> Iterator[pd.DataFrame]:
-    """Score pools of Arrow batches, reading and tokenizing the next pool while the model runs.
+                 pool_rows: int = POOL_ROWS, pool_seconds: float | None = POOL_SECONDS) -> Iterator[pd.DataFrame]:
+    """Score pools of rows, reading and tokenizing the next pool while the model runs.
 
-    Yields one output frame per non-empty input frame, in input order, each
-    input row exactly once; a document that breaks the model becomes one `error`
-    row (`Scorer.finish_isolated`). The model loads (once per worker) when the
-    first pool is read, so an empty partition never loads it.
+    Yields one output frame per pool, rows in input order, each input row exactly once; a document
+    that breaks the model becomes one `error` row (`Scorer.finish_isolated`). Pools hold about
+    `pool_seconds` of measured work, at most `pool_rows` rows (`pool_seconds=None`: always
+    `pool_rows`). The model loads (once per worker) when the first pool is read, so an empty
+    partition never loads it.
     """
+    sizer = PoolSizer(pool_rows, pool_seconds)
 
     def prepared():
-        for pool in _pools(frames, pool_rows):
-            texts = [text for frame in pool for text in frame[settings.text_col].tolist()]
+        for pool in _pools(frames, sizer):
             scorer = get_scorer(settings, gpu)
-            yield pool, scorer, scorer.prepare(texts)
+            yield pool, scorer, scorer.prepare(pool[settings.text_col].tolist())
 
     for pool, scorer, ready in _ahead(prepared()):
+        started = time.perf_counter()
         docs = scorer.finish_isolated(ready)
-        start = 0
-        for frame in pool:
-            yield _output_frame(frame, docs[start:start + len(frame)], settings)
-            start += len(frame)
+        sizer.measured(len(pool), time.perf_counter() - started)
+        yield _output_frame(pool, docs, settings)
 
 
 _CPU_FALLBACK_SAID = False
