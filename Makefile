@@ -16,7 +16,10 @@ ifeq ($(MODEL),$(REAL_MODEL))
 DEMO_CORPUS_FLAGS ?= --per-domain 110 --min-chars 400 --max-chars 1000
 DEMO_DETECT_FLAGS ?= --samples 8 --context-tokens 1024
 DEMO_SCORE_FLAGS  ?=
+# 40 HumanEval problems drawn (seeded) as probes among the kept code documents: about 2 minutes of scoring.
+DEMO_PROBE_FLAGS  ?= --max-probes 40
 else
+DEMO_PROBE_FLAGS  ?= --max-probes 40
 # Detection defaults (conf/detect_heads.yaml) are the paper's 800 prompts of 4,096 tokens: far too long here.
 DEMO_DETECT_FLAGS ?= --samples 32 --context-tokens 1024
 endif
@@ -50,6 +53,7 @@ demo: install $(if $(filter $(REAL_MODEL),$(MODEL)),model)
 	    $(DEMO_DETECT_FLAGS)
 	$(PY) spark_jobs/score.py --input $(OUT)/kept --output $(OUT)/scored --model $(MODEL) \
 	    --heads $(OUT)/heads.json $(DEMO_SCORE_FLAGS) | tee $(OUT)/score_summary.txt
+	$(MAKE) --no-print-directory probe PY=$(PY) MODEL=$(MODEL) PROBE_FLAGS="$(DEMO_PROBE_FLAGS)"
 	ATTENTION_INFLUENCE_OUTPUT=$(OUT) ATTENTION_INFLUENCE_MODEL=$(MODEL) $(PY) notebooks/04_analyse.py
 	$(PY) spark_jobs/select.py --input $(OUT)/scored --output $(OUT)/selected --fraction 0.2
 	$(MAKE) --no-print-directory register PY=$(PY)
@@ -59,9 +63,10 @@ demo: install $(if $(filter $(REAL_MODEL),$(MODEL)),model)
 # The demo's Delta folders by name (demo.corpus, demo.head_scores, demo.scored, demo.selected) in
 # the persistent local catalog under $(OUT)/ (Hive metastore on Derby: one process at a time).
 register:
-	$(PY) spark_jobs/register_tables.py --root $(OUT) --database demo --tables corpus,kept,rejected,head_scores,scored,selected
+	$(PY) spark_jobs/register_tables.py --root $(OUT) --database demo --tables corpus,kept,rejected,head_scores,scored,selected,probe_report
 
-# After make demo: HumanEval's solutions planted among length-matched code documents of $(OUT)/kept,
+# HumanEval's solutions planted among length-matched code documents of $(OUT)/kept (make demo runs it
+# with DEMO_PROBE_FLAGS after scoring; alone, after make demo),
 # scored with the demo's model and heads in a scratch folder, into $(OUT)/probe_report (+ .png).
 # PROBE_FLAGS adds flags, e.g. PROBE_FLAGS="--max-probes 40" for a shorter run.
 PROBE_FLAGS ?=

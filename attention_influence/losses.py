@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -275,6 +275,15 @@ class PreparedTexts:
         return PreparedTexts([self.finals[doc_index]], [self.n_tokens[doc_index]], windows, [0] * len(windows))
 
 
+def _in_order(count: int, parts) -> list:
+    """The DocScores of `parts` ((index, DocScore) lists) as one list in document order."""
+    results: list = [None] * count
+    for part in parts:
+        for doc_index, doc in part:
+            results[doc_index] = doc
+    return results
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -361,30 +370,66 @@ class Scorer:
 
     def finish(self, prepared: "PreparedTexts") -> list[DocScore]:
         """Run the model on prepared windows; fresh DocScores each call, so a failed call can be retried."""
-        results = [final if final is not None else DocScore(n) for final, n in zip(prepared.finals, prepared.n_tokens)]
-        window_losses = self.window_losses(prepared.windows)
+        return _in_order(len(prepared), self.finish_in_parts(prepared, seconds=None))
+
+    def finish_in_parts(self, prepared: "PreparedTexts", seconds: float | None = None
+                        ) -> Iterator[list[tuple[int, DocScore]]]:
+        """`finish`, yielding (document index, DocScore) of the documents completed so far every
+        `seconds` of work (None: once, at the end), so a caller can hand finished rows on while the
+        rest of the batches run. Batches are planned over all windows, as in `finish`."""
+        import time
+
         per_doc: dict[int, list[int]] = {}
         for w, doc_index in enumerate(prepared.owners):
             per_doc.setdefault(doc_index, []).append(w)
-        for doc_index, ws in per_doc.items():
-            full = torch.cat([window_losses[w][0] for w in ws]).double()
-            masked = torch.cat([window_losses[w][1] for w in ws]).double()
-            doc = results[doc_index]
-            doc.loss_full, doc.loss_masked = float(full.mean()), float(masked.mean())
-            if not (math.isfinite(doc.loss_full) and math.isfinite(doc.loss_masked)) or doc.loss_full <= 0:
-                doc.status, doc.error = STATUS_ERROR, f"loss not usable (full={doc.loss_full}, masked={doc.loss_masked})"
-            if self.token_losses:
-                doc.token_loss_full, doc.token_loss_masked = full.float().tolist(), masked.float().tolist()
-        return results
+        ready = [(i, final if final is not None else DocScore(n))
+                 for i, (final, n) in enumerate(zip(prepared.finals, prepared.n_tokens)) if i not in per_doc]
+        left = {doc_index: len(ws) for doc_index, ws in per_doc.items()}
+        losses: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        last = time.perf_counter()
+        for batch in self._window_batches(prepared.windows):
+            for window, full, masked in batch:
+                losses[window] = (full, masked)
+                doc_index = prepared.owners[window]
+                left[doc_index] -= 1
+                if not left[doc_index]:
+                    ready.append((doc_index, self._doc_score(prepared, doc_index, per_doc[doc_index], losses)))
+            if seconds is not None and ready and time.perf_counter() - last >= seconds:
+                yield ready
+                ready, last = [], time.perf_counter()
+        if ready:
+            yield ready
+
+    def _doc_score(self, prepared: "PreparedTexts", doc_index: int, windows: list[int], losses: dict) -> DocScore:
+        full = torch.cat([losses[w][0] for w in windows]).double()
+        masked = torch.cat([losses.pop(w)[1] for w in windows]).double()
+        doc = DocScore(prepared.n_tokens[doc_index])
+        doc.loss_full, doc.loss_masked = float(full.mean()), float(masked.mean())
+        if not (math.isfinite(doc.loss_full) and math.isfinite(doc.loss_masked)) or doc.loss_full <= 0:
+            doc.status, doc.error = STATUS_ERROR, f"loss not usable (full={doc.loss_full}, masked={doc.loss_masked})"
+        if self.token_losses:
+            doc.token_loss_full, doc.token_loss_masked = full.float().tolist(), masked.float().tolist()
+        return doc
 
     def finish_isolated(self, prepared: "PreparedTexts") -> list[DocScore]:
         """`finish`, but if the call fails as a whole (anything but an out-of-memory, which
         `window_losses` splits), each document is run alone from its windows: a document that
         breaks the model becomes one `error` DocScore and the others are scored, in order."""
+        return _in_order(len(prepared), self.finish_isolated_in_parts(prepared, seconds=None))
+
+    def finish_isolated_in_parts(self, prepared: "PreparedTexts", seconds: float | None = None
+                                 ) -> Iterator[list[tuple[int, DocScore]]]:
+        """`finish_in_parts` with `finish_isolated`'s isolation: when the batched run fails, each
+        document not yet yielded is run alone (a part each), so every document comes out once."""
+        done: set[int] = set()
         try:
-            return self.finish(prepared)
+            for part in self.finish_in_parts(prepared, seconds):
+                done.update(i for i, _ in part)
+                yield part
         except Exception:  # noqa: BLE001 - isolate the culprit below
-            return [self._finish_alone(prepared, i) for i in range(len(prepared))]
+            for doc_index in range(len(prepared)):
+                if doc_index not in done:
+                    yield [(doc_index, self._finish_alone(prepared, doc_index))]
 
     def _finish_alone(self, prepared: "PreparedTexts", doc_index: int) -> DocScore:
         try:
@@ -392,11 +437,17 @@ class Scorer:
         except Exception as exc:  # noqa: BLE001 - recorded in the row, the caller goes on
             return DocScore(None, status=STATUS_ERROR, error=f"scoring failed: {type(exc).__name__}: {exc}"[:500])
 
-    @torch.inference_mode()
     def window_losses(self, windows: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(full, masked) per-token losses on the CPU for each window, in input order."""
-        lengths = [len(w) for w in windows]
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(windows)
+        for batch in self._window_batches(windows):
+            for index, full, masked in batch:
+                out[index] = (full, masked)
+        return out
+
+    def _window_batches(self, windows: list[list[int]]) -> Iterator[list[tuple[int, torch.Tensor, torch.Tensor]]]:
+        """Batches of (window index, full, masked) per-token losses on the CPU, as the model runs them."""
+        lengths = [len(w) for w in windows]
         # The fused pass doubles the rows after the first masked layer: plan half as many tokens
         # so its widest part holds `batch_tokens`, like each pass of the two-pass variant.
         budget = self.batch_tokens // 2 if self.fused and self.heads else self.batch_tokens
@@ -405,7 +456,8 @@ class Scorer:
         while pending:
             batch = pending.pop(0)
             try:
-                full, masked = self._run(windows, batch)
+                with torch.inference_mode():
+                    full, masked = self._run(windows, batch)
             except RuntimeError as exc:
                 if not _is_out_of_memory(exc) or len(batch) == 1:
                     raise
@@ -414,16 +466,15 @@ class Scorer:
                 half = len(batch) // 2
                 pending[:0] = [batch[:half], batch[half:]]
                 continue
-            for row, index in enumerate(batch):
-                n = lengths[index] - 1
-                out[index] = (full[row, :n], masked[row, :n])
+            rows = [(index, full[row, :lengths[index] - 1], masked[row, :lengths[index] - 1])
+                    for row, index in enumerate(batch)]
             longest = max(lengths[i] for i in batch)
             self.stats["real_tokens"] += sum(lengths[i] for i in batch)
             self.stats["padded_tokens"] += longest * len(batch)
             done += len(batch)
             if self.on_batch:
                 self.on_batch(done, len(windows))
-        return out
+            yield rows
 
     def _run(self, windows, batch):
         device = next(self.model.parameters()).device

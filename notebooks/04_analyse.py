@@ -123,3 +123,22 @@ show(spark.sql("""
 
 # What failed, and why?
 show(spark.sql("SELECT status, error, COUNT(*) AS documents FROM scored WHERE status <> 'ok' GROUP BY ALL"), display)
+
+# COMMAND ----------
+
+# MAGIC %md Planted probes (`spark_jobs/probe.py`; `make demo` runs it after scoring, `make probe` alone):
+# MAGIC HumanEval's solutions among length-matched code documents of this table, scored with the same
+# MAGIC model, heads and masking. A selector that prefers documents like them puts more than
+# MAGIC `base_rate` in its top, with `ci_low` above it; `random` sits near the base rate.
+
+# COMMAND ----------
+
+from spark_jobs.common import table_exists  # noqa: E402
+
+probe_report = str(paths.out / "probe_report")
+if table_exists(spark, probe_report):
+    show(spark.read.format("delta").load(probe_report)
+         .select("probe_set", "selector", "share_in_top", "base_rate", "ci_low", "ci_high", "probes", "controls",
+                 "dropped_probes").orderBy("probe_set", "selector"), display)
+else:
+    print(f"no probe report at {probe_report}: run spark_jobs/probe.py (make probe) first")

@@ -7,9 +7,10 @@ minutes. A daemon thread prints one line every few seconds:
 
 Where the numbers come from depends on the session:
 
-* Classic: documents are counted inside running tasks. The scoring function yields its rows every
-  few seconds of work (`udfs.influence`), the job makes the Python worker hand each batch to the JVM
-  at once (`LIVE_OUTPUT_SETTINGS`), and executor heartbeats carry the scoring operator's output rows
+* Classic: documents are counted inside running tasks. The scoring function yields the rows of the
+  documents it has finished every few seconds of work (`udfs.influence.PART_SECONDS`), the job makes
+  the Python worker hand each part to the JVM at once (`LIVE_OUTPUT_SETTINGS`), and executor
+  heartbeats carry the scoring operator's output rows
   (a SQL metric) to the driver's status store, where this thread reads them. Two accumulators add
   each task's exact documents and tokens when the task ends (Python workers send accumulators only
   then); tokens of documents still in flight are estimated from those at the finished tasks' rate,

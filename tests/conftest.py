@@ -13,6 +13,9 @@ FIXTURE_MODEL = os.environ.get("ATTENTION_INFLUENCE_TEST_MODEL", str(REPO / "fix
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+# Scoring tasks hand on finished rows every 2 s of work (10 s by default), so a short test task shows
+# progress inside it; Python workers inherit this from the JVM the suite starts.
+os.environ.setdefault("ATTENTION_INFLUENCE_PART_SECONDS", "2")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -160,3 +160,20 @@ def test_the_default_model_is_the_real_one_and_its_absence_says_how_to_get_it(tm
         assert score.options(input="a/b", output="c/d", model="org/hub-model", heads="h").model == "org/hub-model"
     finally:
         os.chdir(here)
+
+
+def test_a_model_path_an_executor_cannot_read_names_the_path_and_the_working_directory(tmp_path):
+    import os
+
+    from attention_influence.loading import ModelLoadError
+    from udfs import influence
+
+    missing = str(tmp_path / "only-on-the-driver" / "model")
+    settings = influence.ScoringSettings(model=missing, heads=((0, 0),), max_seq_len=16, dtype="float32",
+                                         text_col="text", carry_cols=("id",))
+    with pytest.raises(ModelLoadError) as raised:
+        influence._load_on_executor(settings, "cpu")
+    message = str(raised.value)
+    assert "\n" not in message and "huggingface" not in message.lower()
+    assert f"model path {missing} is not readable on executor" in message
+    assert f"(working directory {os.getcwd()})" in message

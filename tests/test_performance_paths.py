@@ -82,7 +82,7 @@ def test_a_document_that_breaks_the_model_fails_alone(monkeypatch):
 
 
 def test_pooled_udf_path_gives_each_row_once_in_order_and_isolates_a_bad_document(monkeypatch):
-    """Pools cut across Arrow batches; output is one frame per pool, rows in order, equal to scoring alone."""
+    """Pools cut across Arrow batches; without parts, one frame per pool in input order, equal to scoring alone."""
     import pandas as pd
 
     import udfs.influence as influence
@@ -106,8 +106,9 @@ def test_pooled_udf_path_gives_each_row_once_in_order_and_isolates_a_bad_documen
     docs[6] = "poison"
     frames = [pd.DataFrame({"id": [str(i) for i in range(a, b)], "text": docs[a:b]})
               for a, b in [(0, 4), (4, 4), (4, 7), (7, 8), (8, 11)]]
-    out = list(influence.score_pooled(iter(frames), settings, None, pool_rows=5, pool_seconds=None))
-    assert [list(f["id"]) for f in out] == [[str(i) for i in range(a, min(a + 5, 11))] for a in (0, 5, 10)]
+    out = list(influence.score_pooled(iter(frames), settings, None, pool_rows=5, part_seconds=None))
+    # pool 1 in one frame; pool 2 (the poison's) isolated, a frame per document; pool 3 in one frame
+    assert [list(f["id"]) for f in out] == [[str(i) for i in range(5)]] + [[str(i)] for i in range(5, 10)] + [["10"]]
     got = pd.concat(out, ignore_index=True)
     assert list(got["status"]) == ["ok"] * 6 + ["error"] + ["ok"] * 4
     reference = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=16)
@@ -171,29 +172,41 @@ def test_flop_model_matches_a_hand_count():
     assert predicted_fused_ratio(SMOLLM2_135M, 0, context) == pytest.approx(1.0)
 
 
-def test_pools_are_sized_to_measured_work_and_keep_every_row_in_order():
-    """Pools start small, follow the measured rate toward POOL_SECONDS (at most 4x a pool, within the
-    bounds), and regrouping never drops, repeats or reorders a row, whatever the Arrow batches were."""
+def test_finished_documents_come_out_in_parts_while_a_pool_runs(monkeypatch):
+    """A pool hands on the documents it has finished as it goes (parts), each document once, with the
+    scores of the one-shot `finish`; regrouping Arrow batches into pools keeps every row in order."""
     import pandas as pd
 
     import udfs.influence as influence
+    from attention_influence.losses import Scorer
+    from tests.tiny_models import CharTokenizer, tiny_model
 
-    sizer = influence.PoolSizer(most=100, seconds=10.0)
-    assert sizer.rows == influence.FIRST_POOL_ROWS
-    sizer.measured(16, 1.0)       # 16 rows/s: 160 wanted, 4x caps at 64
-    assert sizer.rows == 64
-    sizer.measured(64, 1.0)       # 640 wanted: the most is 100
-    assert sizer.rows == 100
-    sizer.measured(100, 1000.0)   # 1 row per 10 s: the least is MIN_POOL_ROWS
-    assert sizer.rows == influence.MIN_POOL_ROWS
-    assert influence.PoolSizer(most=7, seconds=None).rows == 7
+    scorer = Scorer(tiny_model("llama"), CharTokenizer(), HEADS, max_seq_len=16, batch_tokens=32)
+    docs = texts(12, seed=5) + ["", "x"]  # a blank one and a one-token one: final without a forward pass
+    prepared = scorer.prepare(docs)
+    parts = list(scorer.finish_in_parts(prepared, seconds=0.0))
+    assert len(parts) > 2  # a part after every batch at seconds=0
+    indices = [i for part in parts for i, _ in part]
+    assert sorted(indices) == list(range(len(docs)))
+    whole = scorer.finish(scorer.prepare(docs))
+    for part in parts:
+        for i, doc in part:
+            assert (doc.status, doc.n_tokens) == (whole[i].status, whole[i].n_tokens)
+            if doc.loss_full is not None:
+                assert (doc.loss_full, doc.loss_masked) == pytest.approx((whole[i].loss_full, whole[i].loss_masked),
+                                                                         abs=1e-6)
 
-    frames = [pd.DataFrame({"id": list(range(a, b))}) for a, b in [(0, 3), (3, 3), (3, 20), (20, 21), (21, 40)]]
-    sizes = iter([5, 9, 2, 30])
-    sizer = influence.PoolSizer(most=5, seconds=None)
-    pools = []
-    for pool in influence._pools(iter(frames), sizer):
-        pools.append(list(pool["id"]))
-        sizer.rows = next(sizes, 30)
-    assert [len(p) for p in pools] == [5, 5, 9, 2, 19]
-    assert sum(pools, []) == list(range(40))
+    monkeypatch.setattr(influence, "get_scorer", lambda settings, gpu: scorer)
+    settings = influence.ScoringSettings(model="unused", heads=tuple(HEADS), max_seq_len=16, dtype="float32",
+                                         text_col="text", carry_cols=("id",))
+    frames = [pd.DataFrame({"id": [str(i) for i in range(a, b)], "text": docs[a:b]})
+              for a, b in [(0, 3), (3, 3), (3, 11), (11, 14)]]
+    out = list(influence.score_pooled(iter(frames), settings, None, pool_rows=6, part_seconds=0.0))
+    assert len(out) > 3
+    got = pd.concat(out, ignore_index=True)
+    assert sorted(got["id"], key=int) == [str(i) for i in range(len(docs))]
+    by_id = got.set_index("id")
+    assert [by_id.loc[str(i), "n_tokens"] for i in range(len(docs))] == [d.n_tokens for d in whole]
+
+    pools = [list(pool["id"]) for pool in influence._pools(iter(frames), 5)]
+    assert [len(p) for p in pools] == [5, 5, 4] and sum(pools, []) == [str(i) for i in range(14)]

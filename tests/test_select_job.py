@@ -114,7 +114,7 @@ def test_each_domain_keeps_the_ceiling_of_its_share(spark, scored, tmp_path, fra
 
 def test_a_handed_session_keeps_its_settings(spark, scored, tmp_path):
     """A notebook's session: the job's parameter setting holds for its query only, then is as it was."""
-    key = select.CONSTANT_PARAMETERS
+    key = select.common.CONSTANT_PARAMETERS
     before = spark.conf.get(key, None)
     try:
         spark.conf.unset(key)

@@ -129,33 +129,15 @@ def _output_frame(frame: pd.DataFrame, docs, settings: ScoringSettings) -> pd.Da
 
 
 # Rows gathered into one pool before planning token-budget batches: bigger pools sort more windows by
-# length (less padding, full batches). A pool's rows are yielded when it is scored, which is when the
-# driver's progress sees them (spark_jobs/progress.py), so pools are sized to about POOL_SECONDS of
-# measured work: the first FIRST_POOL_ROWS rows, then from the rate, at most POOL_ROWS (a GPU reaches
-# that cap within the target; a CPU scoring SmolLM2 pools a few dozen documents).
+# length (less padding, full batches). While a pool runs, the rows of the documents it has finished
+# are yielded every PART_SECONDS of work, which is when the driver's progress can count them
+# (spark_jobs/progress.py); the batching does not change.
 POOL_ROWS = 2048
-FIRST_POOL_ROWS = 16
-MIN_POOL_ROWS = 8
-POOL_SECONDS = 15.0
+PART_SECONDS = float(os.environ.get("ATTENTION_INFLUENCE_PART_SECONDS", "10"))  # the executors' environment
 
 
-class PoolSizer:
-    """Rows of the next pool: `rows`, re-measured after each pool (`measured`), growing at most 4x a pool."""
-
-    def __init__(self, most: int = POOL_ROWS, seconds: float | None = POOL_SECONDS):
-        self.most = max(1, most)
-        self.seconds = seconds
-        self.rows = self.most if seconds is None else min(self.most, FIRST_POOL_ROWS)
-
-    def measured(self, rows: int, seconds: float) -> None:
-        if self.seconds is None or rows <= 0 or seconds <= 0:
-            return
-        wanted = int(rows / seconds * self.seconds)
-        self.rows = max(min(MIN_POOL_ROWS, self.most), min(self.most, wanted, 4 * self.rows))
-
-
-def _pools(frames: Iterator[pd.DataFrame], sizer: PoolSizer) -> Iterator[pd.DataFrame]:
-    """The rows of `frames` in order, regrouped into pools of `sizer.rows` rows (the last one smaller)."""
+def _pools(frames: Iterator[pd.DataFrame], pool_rows: int) -> Iterator[pd.DataFrame]:
+    """The rows of `frames` in order, regrouped into pools of `pool_rows` rows (the last one smaller)."""
     held: list[pd.DataFrame] = []
     rows = 0
     for frame in frames:
@@ -163,11 +145,10 @@ def _pools(frames: Iterator[pd.DataFrame], sizer: PoolSizer) -> Iterator[pd.Data
             continue
         held.append(frame)
         rows += len(frame)
-        while rows >= sizer.rows:
+        while rows >= pool_rows:
             joined = pd.concat(held, ignore_index=True) if len(held) > 1 else held[0].reset_index(drop=True)
-            cut = sizer.rows
-            yield joined.iloc[:cut].reset_index(drop=True)
-            rest = joined.iloc[cut:]
+            yield joined.iloc[:pool_rows].reset_index(drop=True)
+            rest = joined.iloc[pool_rows:]
             held, rows = ([rest] if len(rest) else []), len(rest)
     if held:
         yield pd.concat(held, ignore_index=True) if len(held) > 1 else held[0].reset_index(drop=True)
@@ -217,27 +198,24 @@ def _ahead(items: Iterator, depth: int = 1) -> Iterator:
 
 
 def score_pooled(frames: Iterator[pd.DataFrame], settings: ScoringSettings, gpu: str | None,
-                 pool_rows: int = POOL_ROWS, pool_seconds: float | None = POOL_SECONDS) -> Iterator[pd.DataFrame]:
+                 pool_rows: int = POOL_ROWS, part_seconds: float | None = PART_SECONDS) -> Iterator[pd.DataFrame]:
     """Score pools of rows, reading and tokenizing the next pool while the model runs.
 
-    Yields one output frame per pool, rows in input order, each input row exactly once; a document
-    that breaks the model becomes one `error` row (`Scorer.finish_isolated`). Pools hold about
-    `pool_seconds` of measured work, at most `pool_rows` rows (`pool_seconds=None`: always
-    `pool_rows`). The model loads (once per worker) when the first pool is read, so an empty
-    partition never loads it.
+    Each input row comes out exactly once: in frames of the documents a pool has finished, every
+    `part_seconds` of work (None: one frame per pool, in input order); a document that breaks the
+    model becomes one `error` row (`Scorer.finish_isolated_in_parts`). The model loads (once per
+    worker) when the first pool is read, so an empty partition never loads it.
     """
-    sizer = PoolSizer(pool_rows, pool_seconds)
 
     def prepared():
-        for pool in _pools(frames, sizer):
+        for pool in _pools(frames, pool_rows):
             scorer = get_scorer(settings, gpu)
             yield pool, scorer, scorer.prepare(pool[settings.text_col].tolist())
 
     for pool, scorer, ready in _ahead(prepared()):
-        started = time.perf_counter()
-        docs = scorer.finish_isolated(ready)
-        sizer.measured(len(pool), time.perf_counter() - started)
-        yield _output_frame(pool, docs, settings)
+        for part in scorer.finish_isolated_in_parts(ready, part_seconds):
+            part.sort(key=lambda item: item[0])
+            yield _output_frame(pool.iloc[[i for i, _ in part]], [doc for _, doc in part], settings)
 
 
 _CPU_FALLBACK_SAID = False
