@@ -119,4 +119,4 @@ def test_progress_moves_inside_a_single_long_task(spark, tmp_path, fixture_model
     assert f"slice 1: {LONG_TASK_DOCUMENTS} documents, " in out.err
 
 
-LONG_TASK_DOCUMENTS = 240
+LONG_TASK_DOCUMENTS = 720
