@@ -230,6 +230,7 @@ def connect_session(remote: str, app_name: str = "attention-influence"):
         for key, value in local_properties().items():
             if key != "spark.master":  # the server's master is `remote` itself
                 builder = builder.config(key, value)
+        builder = builder.config("spark.connect.grpc.binding.address", "127.0.0.1")  # this machine only
     with warnings.catch_warnings():
         # The client sets the same settings again on its session once the local server runs; the
         # server's static ones (extensions, jars, memory) are refused there with a warning each.
