@@ -80,6 +80,13 @@ def select_top(spark, scored, options: SelectOptions):
 
     Column names from flags are quoted, values are named parameters: neither becomes SQL text.
     """
+    register_candidates(scored, options)
+    return run_sql(spark, SELECT_TOP_SQL.read_text(), selection_parameters(options))
+
+
+def register_candidates(scored, options: SelectOptions) -> None:
+    """Check that `scored` is a scored table and register it as `candidates_source` (select_top.sql's
+    input), with `selection_id` and `selection_domain` from the id and domain columns."""
     from pyspark.sql import functions as F
 
     missing = [c for c in ("attention_influence", "status", "n_tokens") if c not in scored.columns]
@@ -91,18 +98,15 @@ def select_top(spark, scored, options: SelectOptions):
     source = (scored.withColumn("selection_id", F.col(quote_identifier(options.id_col)).cast("string"))
               .withColumn("selection_domain", F.coalesce(domain.cast("string"), F.lit(""))))
     source.createOrReplaceTempView("candidates_source")
-    params = selection_parameters(options)
-    return run_sql(spark, SELECT_TOP_SQL.read_text(), params)
 
 
 def write_selection(spark, scored, options: SelectOptions) -> None:
     """The selection into `options.output` in one atomic commit: CREATE OR REPLACE TABLE ... AS the query,
     one SQL statement with its parameters. (On Spark Connect a parameterised query handed to `writeTo`
     loses its parameters by the time the server plans the write; one statement runs the same in both.)"""
-    select_top(spark, scored, options)  # checks the columns, registers `candidates_source`
-    params = selection_parameters(options)
+    register_candidates(scored, options)
     statement = f"CREATE OR REPLACE TABLE {v2_name(options.output)} USING delta AS\n{SELECT_TOP_SQL.read_text()}"
-    run_sql(spark, statement, params)
+    run_sql(spark, statement, selection_parameters(options))
 
 
 def selection_parameters(options: SelectOptions) -> dict:
