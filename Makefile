@@ -31,7 +31,7 @@ SHELL := /bin/bash
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install model demo probe test bench bench-gpu fixture package clean sql register cluster-start cluster-stop test-cluster
+.PHONY: install model demo probe test bench bench-gpu detection-sizing proxy fixture package clean sql register cluster-start cluster-stop test-cluster
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,18 @@ bench: install model
 # The GPU benchmark, one command of at most 8 minutes (docs/benchmarks.md); --smoke runs it on the CPU.
 bench-gpu: install
 	PY=$(PY) bash benchmarks/gpu.sh --out bench-output/gpu
+
+# Detection sized by measurement (docs/detection-sizing.md): 8/32/128 prompts x 1,024/2,048 tokens on
+# SmolLM2, each against the same held-out yardsticks; needs make demo's $(OUT)/kept for the probe
+# column. About an hour on 2 idle cores.
+detection-sizing: install model
+	$(PY) benchmarks/detection_sizing.py --model $(REAL_MODEL) --kept $(OUT)/kept --out bench-output/detection-sizing
+
+# The proxy of the paper's experiment (docs/proxy-experiment.md): continue pretraining on each selector's
+# top 20% and compare held-out losses. For a GPU; PROXY_FLAGS=--smoke runs it on the fixture (CPU, a minute).
+PROXY_FLAGS ?=
+proxy: install $(if $(filter --smoke,$(PROXY_FLAGS)),,model)
+	$(PY) benchmarks/proxy_experiment.py --out bench-output/proxy $(PROXY_FLAGS)
 
 # Rebuild the committed fixture model (about 10 minutes on 2 cores; see fixtures/tiny-llama/RECIPE.md).
 fixture: install

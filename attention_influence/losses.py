@@ -18,12 +18,13 @@ Tokens -> windows -> token-budget batches -> per-token losses -> documents.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attention_influence.compiling import compile_layers
 from attention_influence.masking import DEFAULT_MASKING, Head, HeadGates, checked_heads, decoder_layers
@@ -139,14 +140,77 @@ def fan_out(model) -> _FanOut:
     return getattr(model, FAN_OUT)
 
 
-def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 25) -> torch.Tensor:
-    """Cross-entropy of each next token in float32 (rows, length): on a CPU with the vocabulary in
-    blocks, elsewhere a slice of rows at a time (what has been measured on a GPU, docs/benchmarks.md)."""
+# How the LM head + cross-entropy runs (`Scorer(loss_kernel=...)`): "auto" is what measured fastest
+# per device kind (vocabulary blocks on a CPU, row slices elsewhere; docs/benchmarks.md); the others
+# are there so benchmarks/gpu.sh can compare them on a GPU and a user can pick one.
+LOSS_KERNELS = ("auto", "row_slices", "vocab_blocks", "linear_cross_entropy")
+
+
+def checked_loss_kernel(model, kernel: str) -> str:
+    """`kernel`, or a clear error where this model's LM head cannot run it."""
+    if kernel not in LOSS_KERNELS:
+        raise ValueError(f"loss_kernel must be one of {', '.join(LOSS_KERNELS)}, got {kernel!r}")
+    head = model.get_output_embeddings()
+    if kernel in ("vocab_blocks", "linear_cross_entropy") and not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"loss_kernel {kernel!r} needs an nn.Linear LM head, this model has "
+                         f"{type(head).__name__}; use 'auto' or 'row_slices'")
+    if kernel == "linear_cross_entropy":
+        if getattr(model.config, "final_logit_softcapping", None):
+            raise ValueError("loss_kernel 'linear_cross_entropy' cannot apply the model's final logit "
+                             "softcapping; use 'auto', 'row_slices' or 'vocab_blocks'")
+        if not hasattr(F, "linear_cross_entropy"):
+            raise ValueError(f"loss_kernel 'linear_cross_entropy' needs torch >= 2.15 (this is {torch.__version__})")
+    return kernel
+
+
+def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 25,
+                  kernel: str = "auto") -> torch.Tensor:
+    """Cross-entropy of each next token in float32 (rows, length), by `kernel` (LOSS_KERNELS; checked
+    by the caller): "auto" takes the vocabulary in blocks on a CPU, elsewhere a slice of rows at a
+    time (what has been measured on a GPU, docs/benchmarks.md)."""
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    if hidden.device.type == "cpu" and isinstance(head, torch.nn.Linear):
+    if kernel == "auto":
+        kernel = "vocab_blocks" if hidden.device.type == "cpu" and isinstance(head, torch.nn.Linear) else "row_slices"
+    if kernel == "vocab_blocks":
         return _vocab_blocked_losses(head, softcap, hidden, targets, max_logits)
+    if kernel == "linear_cross_entropy":
+        return _builtin_linear_losses(head, hidden, targets)
     return _row_sliced_losses(head, softcap, hidden, targets, max_logits)
+
+
+def _builtin_linear_losses(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """torch's fused `F.linear_cross_entropy` in its chunked form, which never builds the whole
+    [tokens, vocab] logits. Its result has the inputs' dtype: on bfloat16 the per-token losses are
+    rounded to bfloat16 (about 3 significant digits); document means stay within ~1e-4 of float32."""
+    rows, length, width = hidden.shape
+    options = torch.nn.LinearCrossEntropyOptions(acc_policy="accurate")
+    losses = F.linear_cross_entropy(hidden.reshape(-1, width), head.weight, targets.reshape(-1),
+                                    linear_bias=head.bias, reduction="none", options=options)
+    return losses.float().view(rows, length)
+
+
+ATTENTION_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                      "math": "MATH"}
+
+
+def checked_attention_backends(model, names: Sequence[str] | None) -> list | None:
+    """torch's SDPBackend values for `names` (ATTENTION_BACKENDS), or a clear error. Whether a kernel
+    can run is known only per batch (device, dtype, head size): where none of them can, the scorer
+    stops with an error naming the setting (e.g. cuDNN on a CPU)."""
+    if not names:
+        return None
+    if isinstance(names, str):
+        names = [names]
+    unknown = [n for n in names if n not in ATTENTION_BACKENDS]
+    if unknown:
+        raise ValueError(f"attention_backends: unknown {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(ATTENTION_BACKENDS)}")
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation != "sdpa":
+        raise ValueError(f"attention_backends choose SDPA kernels, but this model runs {implementation!r} attention "
+                         "(load it with attn_implementation='sdpa')")
+    return [getattr(SDPBackend, ATTENTION_BACKENDS[n]) for n in names]
 
 
 def _softcapped(logits: torch.Tensor, softcap) -> torch.Tensor:
@@ -223,24 +287,25 @@ def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: b
 
 
 def _batch_losses(model, input_ids: torch.Tensor, heads: list[Head], fused: bool, masking: str,
-                  gates: HeadGates | None = None):
+                  gates: HeadGates | None = None, loss_kernel: str = "auto"):
     """`batch_losses` for checked `heads`; `gates` are those of `heads` and `masking` (the scorer builds
-    them once; without them they are built here)."""
+    them once; without them they are built here); `loss_kernel` as `_token_losses`."""
     targets = input_ids[:, 1:]
     base = model.base_model
     if not heads:
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-        full = _token_losses(model, hidden, targets)
+        full = _token_losses(model, hidden, targets, kernel=loss_kernel)
         return full, full.clone()
     gates = gates or HeadGates(model, heads, masking)
     if not fused:
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-        full = _token_losses(model, hidden, targets)
+        full = _token_losses(model, hidden, targets, kernel=loss_kernel)
         with gates.closed():
             hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-        return full, _token_losses(model, hidden, targets)
+        return full, _token_losses(model, hidden, targets, kernel=loss_kernel)
     rows = input_ids.shape[0]
-    both = _token_losses(model, _fused_hidden(model, input_ids, heads, masking, gates), torch.cat([targets, targets]))
+    both = _token_losses(model, _fused_hidden(model, input_ids, heads, masking, gates), torch.cat([targets, targets]),
+                         kernel=loss_kernel)
     return both[:rows], both[rows:]
 
 
@@ -310,6 +375,11 @@ class Scorer:
     # measured faster on a CPU, docs/benchmarks.md), "default", "reduce-overhead" (CUDA graphs; on a CPU
     # it stays eager and `compile_skipped` says why) or "max-autotune-no-cudagraphs".
     compile_mode: str | None = None
+    # LM head + cross-entropy: LOSS_KERNELS ("auto": vocabulary blocks on a CPU, row slices elsewhere).
+    loss_kernel: str = "auto"
+    # SDPA kernels the attention may use, in order of preference (ATTENTION_BACKENDS names, e.g.
+    # ("cudnn", "flash") on Hopper); None: torch's own choice. Needs attn_implementation="sdpa".
+    attention_backends: tuple[str, ...] | None = None
     stats: dict = field(default_factory=lambda: {"real_tokens": 0, "padded_tokens": 0, "oom_splits": 0})
 
     def __post_init__(self):
@@ -323,6 +393,10 @@ class Scorer:
         self.gates = HeadGates(self.model, self.heads, self.masking, max_rows=self.batch_tokens)
         fan_out(self.model)
         self.compile_skipped = compile_layers(self.model, self.compile_mode) if self.compile_mode else None
+        self.loss_kernel = checked_loss_kernel(self.model, self.loss_kernel)
+        if isinstance(self.attention_backends, str):
+            self.attention_backends = (self.attention_backends,)
+        self._attention_kernels = checked_attention_backends(self.model, self.attention_backends)
 
     def tokenize(self, text) -> tuple[list[int] | None, DocScore | None]:
         """Token ids, or the final DocScore for a document that cannot be scored."""
@@ -484,5 +558,13 @@ class Scorer:
             ids[row, :len(windows[index])] = torch.tensor(windows[index])
         if device.type == "cuda":
             ids = ids.pin_memory().to(device, non_blocking=True)
-        full, masked = _batch_losses(self.model, ids, self.heads, self.fused, self.masking, self.gates)
+        try:
+            with sdpa_kernel(self._attention_kernels) if self._attention_kernels else nullcontext():
+                full, masked = _batch_losses(self.model, ids, self.heads, self.fused, self.masking, self.gates,
+                                             self.loss_kernel)
+        except RuntimeError as exc:
+            if self._attention_kernels and "no viable backend" in str(exc).lower():
+                raise ValueError(f"attention_backends {', '.join(self.attention_backends)}: none of them can run "
+                                 f"this batch on {device} (torch: {str(exc).splitlines()[0]})") from None
+            raise
         return full.cpu(), masked.cpu()

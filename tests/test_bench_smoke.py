@@ -38,9 +38,19 @@ def test_gpu_benchmark_smoke_runs_on_the_cpu_and_writes_its_results(tmp_path):
     assert "row_slices" in paths and any(label.startswith("vocab_blocks_") for label in paths)
     for label, path in paths.items():  # every path scores the batch the way the default one does
         assert path["seconds"] > 0 and path["max_abs_difference_from_default"] < 1e-3, (label, path)
+    assert "linear_cross_entropy" in paths  # torch's fused LM head + loss, held to the same float32 reference
+    assert all(path["matches_float32"] for path in paths.values()), paths  # float32 on a CPU: every kernel
+    assert profile["fastest_matching_cross_entropy"] in paths
+    kernels = shape["attention_kernels"]
+    assert kernels["gqa"] is True  # the smoke shape has fewer key/value heads than query heads
+    for label in ("torch_default", "math"):  # checked against eager attention first, then timed
+        assert kernels["choices"][label]["same_losses_as_eager"], kernels
+        assert kernels["choices"][label]["tokens_per_s"] > 0
+    assert kernels["fastest"] in kernels["choices"]
     assert "aten::" in (out / profile["profile_table"]).read_text()
     lines = dict(line.split("=", 1) for line in (out / "results.txt").read_text().splitlines())
     assert float(lines["paper_1_3b_fused_vs_two_pass"]) > 0
+    assert lines["paper_1_3b_fastest_attention"] == kernels["fastest"]
     assert (out / "log.txt").exists()
 
 

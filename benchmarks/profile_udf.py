@@ -1,0 +1,112 @@
+"""Where `make bench`'s UDF job spends the Python worker's time: py-spy on the worker, one job.
+
+    python benchmarks/profile_udf.py [--pairs 1]   # the same model, documents and Spark settings as bench.py
+
+Builds bench.py's synthetic model and 800 documents, runs its UDF path (8 tasks) once with
+`py-spy record --idle --threads` attached to the reused Python worker, and the plain loop once,
+then prints where the worker's main thread was: the model, waiting for the JVM, reading / writing
+Arrow, our code around the model, the rest. Also each path's CPU share of the cores.
+Needs py-spy (`pip install -e '.[bench]'`). Writes bench-output/profile-udf/.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Buckets by the innermost frame of ours or of pyspark that a sample passes through (first match wins).
+BUCKETS = [
+    ("model forward (Scorer._run and below)", ("_run (attention_influence/losses.py",)),
+    ("tokenizing", ("tokenize",)),
+    ("waiting for the JVM (pyspark read_int / socket read)", ("read_int", "readinto", "_read_with_length")),
+    ("Arrow in/out (pyspark serializers)", ("serializers.py", "pyarrow")),
+    ("our code around the model (udfs/, losses.py outside _run)", ("udfs/influence.py", "attention_influence/")),
+]
+
+
+def worker_pids(jvm_pid: int) -> list[int]:
+    """Python worker processes under the JVM: children of pyspark's daemon."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    rows = [(int(p), int(pp), " ".join(a)) for p, pp, *a in (line.split(None, 2) for line in out)]
+    daemons = {p for p, pp, a in rows if pp == jvm_pid and "pyspark.daemon" in a}
+    return [p for p, pp, _ in rows if pp in daemons]
+
+
+def bucket_of(stack: str) -> str:
+    frames = stack.split(";")
+    for frame in reversed(frames):  # innermost first
+        for name, needles in BUCKETS:
+            if any(n in frame for n in needles):
+                return name
+    return "other"
+
+
+def main():
+    import bench  # noqa: E402 - benchmarks/ is on the path when run as a script
+
+    sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:]]
+    args = bench.parse_args()
+    out = Path(args.out) / "profile-udf"
+    out.mkdir(parents=True, exist_ok=True)
+    from attention_influence.loading import load_model
+    from attention_influence.losses import Scorer
+    from demo.corpus import sample_corpus
+
+    model_path = Path(args.out) / "model"
+    if not (model_path / "config.json").exists():
+        bench.build_model(args, model_path)
+    texts = [d.text for d in sample_corpus(per_domain=args.documents // 3 + 1, max_chars=args.max_chars)][:args.documents]
+    heads = bench.heads_from(args.layers // 2, args.heads)
+    udf = bench.UdfRuns(args, model_path, heads, texts, "float32", args.max_seq_len, args.batch_tokens,
+                        partitions=4 * (os.cpu_count() or 1))
+    pids = worker_pids(udf.jvm)
+    if len(pids) != 1:
+        raise SystemExit(f"expected one reused Python worker under the JVM, found {pids}")
+    raw = out / "worker.txt"
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--idle", "--threads",
+                            "--nonblocking", "-r", "50", "-f", "raw", "-o", str(raw), "--pid", str(pids[0])],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    job = udf()
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=60)
+    cpu = udf.cpu
+    udf.close()
+
+    model, tokenizer = load_model(str(model_path), dtype="float32", device="cpu")
+    scorer = Scorer(model, tokenizer, heads, args.max_seq_len, batch_tokens=args.batch_tokens, fused=True,
+                    masking=args.masking or "uniform")
+    scorer.score(texts[:20])
+    plain = bench.timed_score(scorer, texts)
+    cores = os.cpu_count() or 1
+
+    by_thread: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            thread = stack.split(";")[0]  # py-spy --threads puts the thread first
+            by_thread[thread][bucket_of(stack)] += int(count)
+    print(f"UDF job: {job['tokens']} tokens in {job['seconds']:.1f}s = {job['tokens'] / job['seconds']:,.0f} tokens/s; "
+          f"Python workers {cpu['python_workers_s'] / cpu['core_s']:.1%} of the core-seconds, JVM "
+          f"{cpu['jvm_s'] / cpu['core_s']:.1%}")
+    print(f"plain loop: {plain['tokens']} tokens in {plain['seconds']:.1f}s = {plain['tokens'] / plain['seconds']:,.0f} "
+          f"tokens/s; its process {plain['cpu_s'] / (plain['seconds'] * cores):.1%} of the core-seconds")
+    for thread, totals in sorted(by_thread.items(), key=lambda kv: -sum(kv[1].values())):
+        total = sum(totals.values())
+        print(f"worker {thread}: {total} samples at 50 Hz (py-spy --idle)")
+        for name, count in totals.most_common():
+            print(f"  {count / total:6.1%}  {name}")
+    print(f"raw stacks: {raw}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    main()
