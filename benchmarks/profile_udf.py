@@ -22,13 +22,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# Buckets by the innermost frame of ours or of pyspark that a sample passes through (first match wins).
+# Buckets of a sample's stack (py-spy raw: outermost frame first, "Function (file:line)"), first match wins.
 BUCKETS = [
-    ("model forward (Scorer._run and below)", ("_run (attention_influence/losses.py",)),
-    ("tokenizing", ("tokenize",)),
-    ("waiting for the JVM (pyspark read_int / socket read)", ("read_int", "readinto", "_read_with_length")),
-    ("Arrow in/out (pyspark serializers)", ("serializers.py", "pyarrow")),
-    ("our code around the model (udfs/, losses.py outside _run)", ("udfs/influence.py", "attention_influence/")),
+    ("model forward (Scorer._run and below)", lambda frames: any(f.startswith("Scorer._run (") for f in frames)),
+    ("tokenizing", lambda frames: any(f.startswith("Scorer.tokenize (") for f in frames)),
+    ("waiting for the JVM (socket read)", lambda frames: any(n in frames[-1] for n in ("read_int", "readinto", "read ("))),
+    ("Arrow in/out (pyspark serializers, pyarrow)", lambda frames: any("serializers.py" in f or "pyarrow" in f
+                                                                        for f in frames)),
+    ("our code around the model (udfs/, attention_influence/)", lambda frames: any(
+        "udfs/influence.py" in f or "attention_influence/" in f for f in frames)),
 ]
 
 
@@ -41,12 +43,30 @@ def worker_pids(jvm_pid: int) -> list[int]:
 
 
 def bucket_of(stack: str) -> str:
-    frames = stack.split(";")
-    for frame in reversed(frames):  # innermost first
-        for name, needles in BUCKETS:
-            if any(n in frame for n in needles):
-                return name
+    frames = stack.split(";")[1:]  # the first entry names the thread
+    for name, test in BUCKETS:
+        if frames and test(frames):
+            return name
     return "other"
+
+
+def summarise(raws: dict) -> None:
+    """Per worker thread, the share of its samples in each bucket."""
+    by_thread: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for pid, raw in raws.items():
+        if not Path(raw).exists():
+            continue
+        for line in Path(raw).read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                by_thread[f"{pid} {stack.split(';')[0]}"][bucket_of(stack)] += int(count)
+    for thread, totals in sorted(by_thread.items(), key=lambda kv: -sum(kv[1].values())):
+        total = sum(totals.values())
+        if total < 50:  # the short-lived prefetch threads (one per pool): a handful of samples each
+            continue
+        print(f"worker {thread}: {total} samples at 50 Hz (py-spy --idle)")
+        for name, count in totals.most_common():
+            print(f"  {count / total:6.1%}  {name}")
 
 
 def main():
@@ -68,16 +88,20 @@ def main():
     udf = bench.UdfRuns(args, model_path, heads, texts, "float32", args.max_seq_len, args.batch_tokens,
                         partitions=4 * (os.cpu_count() or 1))
     pids = worker_pids(udf.jvm)
-    if len(pids) != 1:
-        raise SystemExit(f"expected one reused Python worker under the JVM, found {pids}")
-    raw = out / "worker.txt"
-    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--idle", "--threads",
-                            "--nonblocking", "-r", "50", "-f", "raw", "-o", str(raw), "--pid", str(pids[0])],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not pids:
+        raise SystemExit("no Python worker under the JVM after the warm-up job")
+    spies = {}
+    for pid in pids:  # every live worker: the job runs on whichever the daemon hands its tasks
+        raw = out / f"worker-{pid}.txt"
+        spies[pid] = (raw, subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--idle",
+                                             "--threads", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(raw),
+                                             "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(2)
     job = udf()
-    spy.send_signal(signal.SIGINT)
-    spy.wait(timeout=60)
+    for _, spy in spies.values():
+        spy.send_signal(signal.SIGINT)
+    for _, spy in spies.values():
+        spy.wait(timeout=60)
     cpu = udf.cpu
     udf.close()
 
@@ -88,25 +112,18 @@ def main():
     plain = bench.timed_score(scorer, texts)
     cores = os.cpu_count() or 1
 
-    by_thread: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            thread = stack.split(";")[0]  # py-spy --threads puts the thread first
-            by_thread[thread][bucket_of(stack)] += int(count)
     print(f"UDF job: {job['tokens']} tokens in {job['seconds']:.1f}s = {job['tokens'] / job['seconds']:,.0f} tokens/s; "
           f"Python workers {cpu['python_workers_s'] / cpu['core_s']:.1%} of the core-seconds, JVM "
           f"{cpu['jvm_s'] / cpu['core_s']:.1%}")
     print(f"plain loop: {plain['tokens']} tokens in {plain['seconds']:.1f}s = {plain['tokens'] / plain['seconds']:,.0f} "
           f"tokens/s; its process {plain['cpu_s'] / (plain['seconds'] * cores):.1%} of the core-seconds")
-    for thread, totals in sorted(by_thread.items(), key=lambda kv: -sum(kv[1].values())):
-        total = sum(totals.values())
-        print(f"worker {thread}: {total} samples at 50 Hz (py-spy --idle)")
-        for name, count in totals.most_common():
-            print(f"  {count / total:6.1%}  {name}")
-    print(f"raw stacks: {raw}")
+    summarise({pid: raw for pid, (raw, _) in spies.items()})
+    print(f"raw stacks: {out}/worker-*.txt")
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "benchmarks"))
-    main()
+    if sys.argv[1:2] == ["--summarise"]:  # --summarise worker-<pid>.txt ...: the raw files of an earlier run
+        summarise({Path(f).stem.split("-")[-1]: f for f in sys.argv[2:]})
+    else:
+        main()
