@@ -1,7 +1,7 @@
 """A small proxy of the paper's experiment (issue 19 §5): does training on the selection help?
 
     python benchmarks/proxy_experiment.py --model models/smollm2-135m-instruct --heads demo-output/heads.json
-    python benchmarks/proxy_experiment.py --smoke          # the fixture model on the CPU, about a minute
+    python benchmarks/proxy_experiment.py --smoke          # the fixture model on the CPU, about half a minute
 
 1. A pool of documents (the demo's corpus: Python sources, their docstrings, licence texts; three
    domains), scored by the scorer (`attention_influence.losses.Scorer`, the same one the UDF runs).
