@@ -450,6 +450,16 @@ def liger_losses(head, hidden, targets):
     return lambda: loss(head.weight, hidden.reshape(-1, width), targets.reshape(-1), head.bias).float().view(rows, length)
 
 
+def differences_from(reference, got) -> tuple[float, float]:
+    """(largest relative difference of loss_full or loss_masked, largest absolute difference of the
+    influence) between two scorings of the same documents: how the compile and kernel steps check
+    themselves against eager before timing anything."""
+    worst = max(max(abs(a.loss_full - b.loss_full) / a.loss_full, abs(a.loss_masked - b.loss_masked) / a.loss_masked)
+                for a, b in zip(reference, got))
+    influence = max(abs(a.attention_influence - b.attention_influence) for a, b in zip(reference, got))
+    return worst, influence
+
+
 ATTENTION_CHOICES_GPU = [None, ("cudnn",), ("flash",), ("efficient",), ("cudnn", "flash")]
 ATTENTION_CHOICES_CPU = [None, ("math",), ("flash", "math")]
 
@@ -487,9 +497,7 @@ def attention_kernels(model, tokenizer, texts, heads, max_seq_len, batch_tokens,
             if errors:
                 out["choices"][label] = {"error": str(errors[0]).splitlines()[0][:200]}
                 continue
-            worst = max(max(abs(a.loss_full - b.loss_full) / a.loss_full,
-                            abs(a.loss_masked - b.loss_masked) / a.loss_masked) for a, b in zip(eager, got))
-            influence = max(abs(a.attention_influence - b.attention_influence) for a, b in zip(eager, got))
+            worst, influence = differences_from(eager, got)
             same = worst < (0.02 if str(device).startswith("cuda") else 1e-4)
             entry = {"max_relative_loss_difference_from_eager": worst, "max_influence_difference_from_eager": influence,
                      "same_losses_as_eager": same}
@@ -573,9 +581,7 @@ def try_compile(model, tokenizer, texts, heads, max_seq_len, batch_tokens, devic
             t = time.perf_counter()
             compiled = scorer.score(check)  # compiles
             compile_s = time.perf_counter() - t
-            worst = max(max(abs(a.loss_full - b.loss_full) / a.loss_full,
-                            abs(a.loss_masked - b.loss_masked) / a.loss_masked) for a, b in zip(eager, compiled))
-            influence = max(abs(a.attention_influence - b.attention_influence) for a, b in zip(eager, compiled))
+            worst, influence = differences_from(eager, compiled)
             scale = max(abs(a.attention_influence) for a in eager)
             # bfloat16 kernels differ a little; a lost mask moves the influence by about its own size
             same = worst < 0.02 and influence <= max(0.1 * scale, 1e-3)

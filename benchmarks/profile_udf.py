@@ -72,7 +72,6 @@ def summarise(raws: dict) -> None:
 def main():
     import bench  # noqa: E402 - benchmarks/ is on the path when run as a script
 
-    sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:]]
     args = bench.parse_args()
     out = Path(args.out) / "profile-udf"
     out.mkdir(parents=True, exist_ok=True)
