@@ -104,7 +104,7 @@ PROXY_FLAGS ?=
 proxy: install $(if $(filter --smoke,$(PROXY_FLAGS)),,model)
 	$(PY) benchmarks/proxy_experiment.py --out bench-output/proxy $(PROXY_FLAGS)
 
-# Rebuild the committed fixture model (about 10 minutes on 2 cores; see fixtures/tiny-llama/RECIPE.md).
+# Rebuild the committed fixture model (about 13 minutes on one CPU thread; see fixtures/tiny-llama/RECIPE.md).
 fixture: install
 	$(PY) scripts/build_fixture_model.py --output $(FIXTURE_MODEL) --seed 0
 
