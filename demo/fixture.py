@@ -339,7 +339,7 @@ def _recipe_markdown(recipe: FixtureRecipe, seed: int, n_params: int, seconds: f
 def _add_head_dropout(model, recipe: FixtureRecipe, seed: int, rate: dict) -> list:
     """Training-only pre-hooks on each o_proj that zero dropped heads' slices, per row, with probability
     `rate["p"][layer]` (the caller sets it step by step)."""
-    if recipe.head_dropout <= 0:
+    if max(recipe.copy_head_dropout, recipe.head_dropout, recipe.induction_layer_dropout) <= 0:
         return []
     kept = {tuple(int(x) for x in item.split(".")) for item in recipe.kept_heads.split(",") if item}
     generator = torch.Generator().manual_seed(seed + 7)
@@ -450,7 +450,7 @@ def build_fixture(output_dir: str | Path, seed: int = 0, log: Callable[[str], No
     tokenizer.save_pretrained(output_dir)
     (output_dir / "RECIPE.md").write_text(_recipe_markdown(recipe, seed, n_params, seconds, checks, load,
                                                                         cpu_seconds), encoding="utf-8")
-    log(f"saved to {output_dir} in {seconds:.0f}s")
+    log(f"saved to {output_dir}; {time.time() - started:.0f}s in all (training, then the checks)")
     return checks
 
 
@@ -459,7 +459,7 @@ def run_checks(model, tokenizer, context_tokens: int = 640, n_samples: int = 20,
     (20 samples of `context_tokens`, seed 0, teacher-forced), and the copy loss with the selected heads
     masked vs as many random other heads (`masking`: the way head dropout removed heads in training)."""
     from attention_influence.masking import mask_heads
-    from attention_influence.retrieval import select_heads
+    from attention_influence.retrieval import head_ranking, select_heads
 
     vocab = model.config.vocab_size
     ids = repeat_batch(tokenizer)
@@ -483,14 +483,13 @@ def run_checks(model, tokenizer, context_tokens: int = 640, n_samples: int = 20,
         with mask_heads(model, pick, mode=masking):
             rand_incr.append(second_copy_loss(model, ids) - rep)
     mean_rand = sum(rand_incr) / len(rand_incr)
-    ranked = sorted(((float(scores.scores[l, h]), f"{l}.{h}") for l in range(n_layers) for h in range(n_heads)),
-                    reverse=True)
     return {
         "repeat second-copy loss (64 tokens x2, 4 seeds)": round(rep, 4),
         "0.5 ln(V)": round(0.5 * math.log(vocab), 4),
         f"retrieval value-token accuracy (teacher-forced, context {context_tokens}, {n_samples} samples, seed 0)":
             f"{scores.copied_tokens}/{scores.answer_tokens} = {scores.copied_tokens / max(1, scores.answer_tokens):.3f}",
-        "retrieval scores, top 4 heads": {name: round(value, 3) for value, name in ranked[:4]},
+        "retrieval scores, top 4 heads": {f"{l}.{h}": round(float(scores.scores[l, h]), 3)
+                                          for l, h in head_ranking(scores.scores)[:4]},
         "selected heads (top 5%)": {f"{l}.{h}": round(float(scores.scores[l, h]), 3) for l, h in heads},
         f"loss increase masking selected heads ({masking})": round(masked - rep, 4),
         f"mean loss increase masking random heads ({masking}, 20 draws)": round(mean_rand, 4),
