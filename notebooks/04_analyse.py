@@ -15,8 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from spark_jobs.notebook import default_output, demo_paths, job_defaults, session, show, widgets  # noqa: E402
-from spark_jobs.common import run_sql  # noqa: E402  (named parameters on classic and Connect sessions)
-from spark_jobs.select import SELECT_TOP_SQL  # noqa: E402
+from spark_jobs import analysis  # noqa: E402  (ranks by a distributed sort: no task holds a whole domain)
 
 spark = session(globals().get("spark"))
 display = globals().get("display")
@@ -27,18 +26,20 @@ params = widgets(globals().get("dbutils"), {
 paths = demo_paths(params["output_dir"])
 fraction = float(params["fraction"])
 paths.plots.mkdir(parents=True, exist_ok=True)
-spark.read.format("delta").load(paths.scored).createOrReplaceTempView("scored")
+scored = spark.read.format("delta").load(paths.scored)
+scored.createOrReplaceTempView("scored")
 
 # COMMAND ----------
 
-# MAGIC %md Per domain, in Spark SQL (`spark_jobs/sql/selection_bias.sql`, `corr()` aggregates): a
+# MAGIC %md Per domain, in Spark SQL (`spark_jobs/sql/selection_bias.sql`, `corr()` aggregates over the ranks
+# MAGIC `spark_jobs/analysis.py` computes by a distributed sort, so a 190M-document domain is no one task's): a
 # MAGIC correlation near 1 with `n_tokens` means the score mostly ranks by length; a strongly negative
 # MAGIC one with `loss_full` means it favours text the model already predicts well (repetitive tables,
 # MAGIC lists). `jaccard` is the overlap with the low-perplexity selection of the same share.
 
 # COMMAND ----------
 
-bias = run_sql(spark, (SELECT_TOP_SQL.parent / "selection_bias.sql").read_text(), {"fraction": fraction})
+bias = analysis.selection_bias(spark, scored, fraction)
 show(bias, display)
 bias_rows = bias.collect()
 summary = [f"what the top {fraction:.0%} per domain favours (attention_influence vs n_tokens, loss_full; "
@@ -53,12 +54,9 @@ print("\n".join(summary))
 
 # COMMAND ----------
 
-scores = run_sql(spark, """
-    SELECT domain, n_tokens, loss_full, loss_masked, attention_influence,
-           ROW_NUMBER() OVER (PARTITION BY domain ORDER BY attention_influence DESC, id)
-             <= CEIL(:fraction * COUNT(*) OVER (PARTITION BY domain)) AS selected
-    FROM scored WHERE status = 'ok' AND attention_influence IS NOT NULL
-""", {"fraction": fraction}).toPandas()
+# The plots draw a seeded sample of at most analysis.PLOT_SAMPLE_ROWS documents (all of them on the demo),
+# with each one's place in the top share computed over the whole table.
+scores = analysis.plot_sample(spark, fraction)
 domains = sorted(scores["domain"].unique())
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -104,20 +102,8 @@ print(f"plots: {sorted(str(p) for p in paths.plots.glob('*.png'))}")
 
 # COMMAND ----------
 
-show(spark.sql("""
-    SELECT domain, id, ROUND(attention_influence, 4) AS influence, ROUND(loss_full, 3) AS loss_full, n_tokens,
-           LEFT(text, 60) AS start
-    FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY domain ORDER BY attention_influence DESC, id) AS r
-          FROM scored WHERE status = 'ok')
-    WHERE r <= 3 ORDER BY domain, r
-"""), display)
-show(spark.sql("""
-    SELECT domain, id, ROUND(loss_full, 3) AS loss_full, ROUND(attention_influence, 4) AS influence, n_tokens,
-           LEFT(text, 60) AS start
-    FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY domain ORDER BY loss_full ASC, id) AS r
-          FROM scored WHERE status = 'ok')
-    WHERE r <= 3 ORDER BY domain, r
-"""), display)
+show(analysis.top_documents(spark, scored, "influence_rank", 3), display)
+show(analysis.top_documents(spark, scored, "loss_rank", 3), display)
 
 # COMMAND ----------
 

@@ -18,9 +18,9 @@ import json
 import re
 from pathlib import Path
 
-from spark_jobs.common import JobError, get_spark, new_parser, parse_flags, positive_int, read_table, run, run_sql
+from spark_jobs.analysis import extremes as domain_extremes
+from spark_jobs.common import JobError, get_spark, new_parser, parse_flags, positive_int, read_table, run
 
-EXTREMES_SQL = Path(__file__).with_name("sql") / "demo_extremes.sql"
 TABLES = ("corpus", "kept", "rejected", "head_scores", "scored", "selected", "probe_report")
 
 
@@ -136,8 +136,7 @@ def main(argv=None):
         print(f"  {r['domain']:<8} {r['documents']:>5} documents {r['tokens']:>8} tokens  mean loss_full "
               f"{r['loss_full']:.3f}, loss_masked {r['loss_masked']:.3f}, attention_influence {r['influence']:.4f}")
 
-    scored.createOrReplaceTempView("scored_documents")
-    extremes = run_sql(spark, EXTREMES_SQL.read_text(), {"per_side": args.per_side}).collect()
+    extremes = domain_extremes(spark, scored, args.per_side).collect()
     print(f"top and bottom {args.per_side} documents per domain (attention_influence, tokens, start of text):")
     for r in extremes:
         print(f"  {r['domain']:<8} {r['side']:<6} {r['attention_influence']:+.4f} {r['n_tokens']:>5}  "

@@ -1,4 +1,4 @@
-"""Select the top documents with Spark SQL (SPEC §4): scored Delta -> window functions -> new Delta table.
+"""Select the top documents with Spark SQL (SPEC §4): scored Delta -> distributed ranking -> new Delta table.
 
     python spark_jobs/select.py --input demo-output/scored --output demo-output/selected --fraction 0.2
 """
@@ -22,6 +22,7 @@ from spark_jobs.common import (JobError, fraction, get_spark, new_parser, option
                                v2_name)
 
 SELECT_TOP_SQL = Path(__file__).with_name("sql") / "select_top.sql"
+SELECT_CANDIDATES_SQL = Path(__file__).with_name("sql") / "select_candidates.sql"
 # Delta's SQL parser drops named parameters on Spark >= 4.1 (delta-io/delta#7640) unless they are
 # substituted as constants; conf/spark/*.conf set it, and the job sets it for its own query only.
 
@@ -80,14 +81,18 @@ def select_top(spark, scored, options: SelectOptions):
 
     Column names from flags are quoted, values are named parameters: neither becomes SQL text.
     """
-    register_candidates(scored, options)
+    register_candidates(spark, scored, options)
     return run_sql(spark, SELECT_TOP_SQL.read_text(), selection_parameters(options))
 
 
-def register_candidates(scored, options: SelectOptions) -> None:
-    """Check that `scored` is a scored table and register it as `candidates_source` (select_top.sql's
-    input), with `selection_id` and `selection_domain` from the id and domain columns."""
+def register_candidates(spark, scored, options: SelectOptions) -> None:
+    """The views select_top.sql reads: `candidates_source` (the scored table, checked, with
+    `selection_id` and `selection_domain` from the id and domain columns), `ranking_candidates`
+    (select_candidates.sql: the narrow rows that compete) and `ranked_candidates` (those ranked by
+    spark_jobs/ranking.py: a distributed sort, not a window over a domain)."""
     from pyspark.sql import functions as F
+
+    from spark_jobs.ranking import rank_within_groups
 
     missing = [c for c in ("attention_influence", "status", "n_tokens") if c not in scored.columns]
     if options.id_col not in scored.columns:
@@ -98,13 +103,22 @@ def register_candidates(scored, options: SelectOptions) -> None:
     source = (scored.withColumn("selection_id", F.col(quote_identifier(options.id_col)).cast("string"))
               .withColumn("selection_domain", F.coalesce(domain.cast("string"), F.lit(""))))
     source.createOrReplaceTempView("candidates_source")
+    parameters = selection_parameters(options)
+    narrow = run_sql(spark, SELECT_CANDIDATES_SQL.read_text(),
+                     {k: parameters[k] for k in ("by_domain", "min_tokens")})
+    narrow.createOrReplaceTempView("ranking_candidates")
+    ranked = rank_within_groups(narrow, "ranking_group",
+                                [F.col("attention_influence").desc(), F.col("selection_id").asc()],
+                                rank="rank_in_domain", group_rows="group_documents",
+                                running=("n_tokens", "tokens_so_far", "group_tokens"))
+    ranked.createOrReplaceTempView("ranked_candidates")
 
 
 def write_selection(spark, scored, options: SelectOptions) -> None:
     """The selection into `options.output` in one atomic commit: CREATE OR REPLACE TABLE ... AS the query,
     one SQL statement with its parameters. (On Spark Connect a parameterised query handed to `writeTo`
     loses its parameters by the time the server plans the write; one statement runs the same in both.)"""
-    register_candidates(scored, options)
+    register_candidates(spark, scored, options)
     statement = f"CREATE OR REPLACE TABLE {v2_name(options.output)} USING delta AS\n{SELECT_TOP_SQL.read_text()}"
     run_sql(spark, statement, selection_parameters(options))
 

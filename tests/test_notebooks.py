@@ -122,9 +122,10 @@ def test_selection_bias_sql_against_pandas(spark, tmp_path):
                           "n_tokens": rng.integers(10, 500, 40).astype("int32"),
                           "loss_full": rng.uniform(1, 5, 40), "attention_influence": rng.normal(0.1, 0.05, 40),
                           "status": "ok"})
-    spark.createDataFrame(frame).createOrReplaceTempView("scored")
-    sql = (REPO / "spark_jobs" / "sql" / "selection_bias.sql").read_text()
-    rows = {r["domain"]: r for r in spark.sql(sql, args={"fraction": 0.2}).collect()}
+    from spark_jobs import analysis
+
+    frame["loss_masked"] = frame["loss_full"] * 1.1
+    rows = {r["domain"]: r for r in analysis.selection_bias(spark, spark.createDataFrame(frame), 0.2).collect()}
     for domain, group in frame.groupby("domain"):
         k = math.ceil(0.2 * len(group))
         top = set(group.sort_values(["attention_influence", "id"], ascending=[False, True])["id"][:k])

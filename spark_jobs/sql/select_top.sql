@@ -1,34 +1,34 @@
 -- Select the highest-scoring documents of each domain (or of the whole table).
--- Reads the temporary view `candidates_source` (the scored table plus
--- `selection_id` and `selection_domain`, added by select.py from the id and
--- domain columns). Named parameters:
---   :by_domain    BOOLEAN  rank within each domain (true) or over all rows (false)
+-- Reads three temporary views that spark_jobs/select.py registers:
+--   candidates_source   the scored table plus `selection_id` and `selection_domain`
+--   ranking_candidates  select_candidates.sql: (selection_id, ranking_group, attention_influence, n_tokens)
+--   ranked_candidates   ranking_candidates ranked by spark_jobs/ranking.py within each ranking_group by
+--                       attention_influence DESC, selection_id ASC: rank_in_domain, group_documents,
+--                       tokens_so_far (running, this row included), group_tokens
+-- That ranking is ROW_NUMBER() OVER (PARTITION BY ranking_group ORDER BY attention_influence DESC,
+-- selection_id), computed by a distributed sort so that no task holds a whole domain. Named parameters:
 --   :use_budget   BOOLEAN  cut by token budget (true) or by fraction (false)
 --   :fraction     DOUBLE   share of each domain's candidates to keep
 --   :token_budget BIGINT   tokens to keep in all; per domain in proportion to its candidate tokens
 --   :min_tokens   INT      shorter documents are not candidates
 -- Only status = 'ok' rows compete; ties break by id, so reruns are identical.
-WITH candidates AS (
-  SELECT *, CASE WHEN :by_domain THEN selection_domain ELSE '*' END AS ranking_group
-  FROM candidates_source
-  WHERE status = 'ok' AND attention_influence IS NOT NULL AND n_tokens >= :min_tokens
+WITH totals AS (
+  SELECT SUM(n_tokens) AS all_tokens FROM ranking_candidates
 ),
-ranked AS (
-  SELECT *,
-    ROW_NUMBER() OVER ranking AS rank_in_domain,
-    1.0D - PERCENT_RANK() OVER ranking AS percentile_in_domain,
-    SUM(n_tokens) OVER (PARTITION BY ranking_group ORDER BY attention_influence DESC, selection_id ASC
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS tokens_so_far,
-    COUNT(*) OVER (PARTITION BY ranking_group) AS group_documents,
-    SUM(n_tokens) OVER (PARTITION BY ranking_group) AS group_tokens,
-    SUM(n_tokens) OVER () AS all_tokens
-  FROM candidates
-  WINDOW ranking AS (PARTITION BY ranking_group ORDER BY attention_influence DESC, selection_id ASC)
+chosen AS (
+  SELECT selection_id,
+    rank_in_domain,
+    CASE WHEN group_documents > 1
+         THEN 1.0D - CAST(rank_in_domain - 1 AS DOUBLE) / CAST(group_documents - 1 AS DOUBLE)
+         ELSE 1.0D END AS percentile_in_domain
+  FROM ranked_candidates CROSS JOIN totals
+  WHERE CASE
+    -- in DOUBLE: token_budget x group_tokens overflows BIGINT at the paper's 241B tokens
+    WHEN :use_budget THEN tokens_so_far <= CAST(:token_budget AS DOUBLE) * group_tokens / all_tokens
+    ELSE rank_in_domain <= CEIL(:fraction * group_documents)
+  END
 )
-SELECT * EXCEPT (selection_id, selection_domain, ranking_group, tokens_so_far, group_documents,
-                 group_tokens, all_tokens)
-FROM ranked
-WHERE CASE
-  WHEN :use_budget THEN tokens_so_far <= :token_budget * group_tokens / all_tokens
-  ELSE rank_in_domain <= CEIL(:fraction * group_documents)
-END
+SELECT s.* EXCEPT (selection_id, selection_domain), c.rank_in_domain, c.percentile_in_domain
+FROM candidates_source AS s
+JOIN chosen AS c ON s.selection_id = c.selection_id
+WHERE s.status = 'ok' AND s.attention_influence IS NOT NULL AND s.n_tokens >= :min_tokens

@@ -1,25 +1,17 @@
 -- What a selection favours, per domain, before it is trusted (notebooks/04_analyse.py).
--- Reads the temporary view `scored` (a score.py table). Named parameter:
+-- Reads the temporary view `selection_ranks` (spark_jobs/analysis.py: the ok rows of a score.py table
+-- with `influence_rank`, `loss_rank` and `domain_documents`, ranked by a distributed sort rather than
+-- a window over the domain). Named parameter:
 --   :fraction DOUBLE  share of each domain's ok documents to select (as select.py does)
 -- Two selections side by side: the top `fraction` by attention_influence (ties by id, the
 -- select.py rule) and the top `fraction` by lowest loss_full (perplexity filtering), with
 -- how far each leans on document length and how much the two overlap (Jaccard).
-WITH ok AS (
-  SELECT id, domain, n_tokens, loss_full, attention_influence
-  FROM scored WHERE status = 'ok' AND attention_influence IS NOT NULL
-),
-ranked AS (
-  SELECT *,
-    ROW_NUMBER() OVER (PARTITION BY domain ORDER BY attention_influence DESC, id) AS influence_rank,
-    ROW_NUMBER() OVER (PARTITION BY domain ORDER BY loss_full ASC, id) AS loss_rank,
-    COUNT(*) OVER (PARTITION BY domain) AS domain_documents
-  FROM ok
-),
-flagged AS (
+-- Every aggregate here is computed in parts per task and merged (no task reads a whole domain).
+WITH flagged AS (
   SELECT *,
     influence_rank <= CEIL(:fraction * domain_documents) AS by_influence,
     loss_rank <= CEIL(:fraction * domain_documents) AS by_low_loss
-  FROM ranked
+  FROM selection_ranks
 )
 SELECT domain,
   COUNT(*) AS documents,
