@@ -32,7 +32,7 @@ SHELL := /bin/bash
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: install model demo probe test bench bench-gpu detection-sizing proxy fixture package clean sql register cluster-start cluster-stop test-cluster
+.PHONY: install model demo probe test bench bench-scale bench-gpu detection-sizing proxy fixture package clean sql register cluster-start cluster-stop test-cluster
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,13 @@ test: install model
 bench: install model
 	$(PY) benchmarks/bench.py --real-model models/smollm2-135m-instruct
 	$(PY) benchmarks/slicing.py --model models/smollm2-135m-instruct
+
+# The paper's scale, simulated (docs/benchmarks.md, "Scale"): selection and analysis on synthetic scored tables of
+# 2M and 10M rows (each stage's tasks and largest-task share), per-slice overhead against 0, 2M and 10M rows
+# already in the output (classic and Spark Connect), extrapolated to 237M documents. About 6 GB under
+# bench-output/scale/ (kept for later runs) and 40 minutes on 2 idle cores.
+bench-scale: install
+	$(PY) benchmarks/scale.py --out bench-output/scale
 
 # The GPU benchmark, one command of at most 8 minutes (docs/benchmarks.md); --smoke runs it on the CPU.
 bench-gpu: install

@@ -25,6 +25,13 @@ def ok_documents(scored):
     return scored.where((F.col("status") == "ok") & F.col("attention_influence").isNotNull())
 
 
+def _text(scored):
+    """The text column, or nulls when score.py ran with a --carry-cols that left it out."""
+    from pyspark.sql import functions as F
+
+    return F.col("text") if "text" in scored.columns else F.lit(None).cast("string").alias("text")
+
+
 def _ranked(scored, column: str, descending: bool, rank: str, with_rows: bool = False):
     """(id, `rank`[, domain_documents]): each ok document's place in its domain by `column`, ties by id."""
     from pyspark.sql import functions as F
@@ -73,8 +80,8 @@ def top_documents(spark, scored, rank: str, per_domain: int):
     chosen = spark.table("selection_ranks").where(F.col(rank) <= per_domain).select("id", rank)
     return (scored.join(F.broadcast(chosen), "id")
             .select("domain", "id", F.round("attention_influence", 4).alias("influence"),
-                    F.round("loss_full", 3).alias("loss_full"), "n_tokens", F.substring("text", 1, 60).alias("start"),
-                    rank)
+                    F.round("loss_full", 3).alias("loss_full"), "n_tokens",
+                    F.substring(_text(scored), 1, 60).alias("start"), rank)
             .orderBy("domain", rank))
 
 
@@ -86,6 +93,7 @@ def extremes(spark, scored, per_side: int):
     bottom = _ranked(scored, "attention_influence", False, "rank_from_bottom")
     ends = (top.join(bottom, "id")
             .where((F.col("rank_from_top") <= per_side) | (F.col("rank_from_bottom") <= per_side)))
-    (ok_documents(scored).select("id", "domain", "n_tokens", "loss_full", "loss_masked", "attention_influence", "text")
+    (ok_documents(scored).select("id", "domain", "n_tokens", "loss_full", "loss_masked", "attention_influence",
+                                 _text(scored))
      .join(F.broadcast(ends), "id").createOrReplaceTempView("extreme_documents"))
     return run_sql(spark, EXTREMES_SQL.read_text(), {"per_side": int(per_side)})

@@ -26,6 +26,7 @@ from spark_jobs.common import (CommitConflict, JobError, check_table_name, creat
                                read_table, replace_table, session_settings, set_table_properties, table_detail,
                                table_exists, table_properties, v2_name)
 from spark_jobs.progress import Progress
+from spark_jobs.slice_commits import SliceCommits, is_commit_conflict, latest_version
 from spark_jobs.slices import COMPACT_AFTER_SLICES, SliceWork, Slicer, StopSignal, watch
 from spark_jobs.table_contract import SCORED_AT_COLUMN, SCORER_COLUMN
 
@@ -226,12 +227,14 @@ def check_input(df, options: ScoreOptions) -> list[str]:
     if clash:
         raise JobError(f"input column(s) {', '.join(clash)} clash with score columns; drop or rename them")
     id_col = F.col(quote_identifier(options.id_col))  # names from flags are always quoted
-    problems = (df.groupBy(id_col).count().where(F.col("count") > 1).limit(3).collect())
-    if problems:
-        examples = ", ".join(repr(r[0]) for r in problems)
-        raise JobError(f"input has duplicate ids in column {options.id_col} (e.g. {examples}); ids must be unique")
-    if df.where(id_col.isNull()).limit(1).count():
+    # One pass for both checks: the null id is a group of its own.
+    problems = (df.groupBy(id_col.alias("_id")).count()
+                .where((F.col("count") > 1) | F.col("_id").isNull()).limit(4).collect())
+    if any(r[0] is None for r in problems):
         raise JobError(f"input has null ids in column {options.id_col}")
+    if problems:
+        examples = ", ".join(repr(r[0]) for r in problems[:3])
+        raise JobError(f"input has duplicate ids in column {options.id_col} (e.g. {examples}); ids must be unique")
     return carry
 
 
@@ -257,6 +260,8 @@ class ScorePlan:
     run_key: str           # names this run's checkpoint and staging: same input, output, scorer, mode
     output: str
     replaces_rows: bool    # the target holds rows a slice may replace (another scorer's; errors to retry)
+    target_version: int = -1  # the target's Delta version the plan read (-1: no target yet)
+    fresh_files: frozenset = frozenset()  # input files (by name) holding no document committed at that version
 
     @property
     def checkpoint(self) -> str:
@@ -277,11 +282,16 @@ def state_dir_of(spark, options: ScoreOptions) -> str:
     return f"{warehouse}/_attention_influence_state/{options.output}"
 
 
-def committed(spark, target: str, fingerprint: str, options: ScoreOptions):
-    """Ids of `target` that hold a current score (this scorer; not an error row under --retry-errors)."""
+def committed(spark, target: str, fingerprint: str, options: ScoreOptions, version: int | None = None):
+    """Ids of `target` that hold a current score (this scorer; not an error row under --retry-errors),
+    as of Delta `version` when given."""
     from pyspark.sql import functions as F
 
-    done = read_table(spark, target).where(F.col(SCORER_COLUMN) == fingerprint)
+    table = read_table(spark, target)
+    if version is not None:
+        reader = spark.read.format("delta").option("versionAsOf", int(version))
+        table = reader.load(target) if common.is_path(target) else reader.table(target)
+    done = table.where(F.col(SCORER_COLUMN) == fingerprint)
     if options.retry_errors:
         done = done.where(F.col("status") != "error")
     return done.select(F.col(quote_identifier(options.id_col)).alias("committed_id"))
@@ -313,13 +323,45 @@ def plan(spark, options: ScoreOptions, model: ModelCheck) -> ScorePlan:
     run_key = hashlib.sha256(dumps({"input": _absolute(options.input), "output": _absolute(options.output),
                                     "scorer": fingerprint, "mode": options.mode}).encode()).hexdigest()[:16]
     target = options.output if options.mode == "incremental" else f"{state_dir}/overwrite-{run_key}-staging"
-    total = documents.count()
-    to_score = not_committed(documents, target, fingerprint, options).count()
-    return ScorePlan(documents=documents, total=total, committed_before=total - to_score, to_score=to_score,
-                     target=target, carry=carry, heads=model.heads, max_seq_len=model.max_seq_len, dtype=dtype,
-                     batch_tokens=batch_tokens, fingerprint=fingerprint, readable=readable, state_dir=state_dir,
-                     run_key=run_key, output=options.output,
-                     replaces_rows=holds_replaceable_rows(spark, target, fingerprint, options))
+    started = time.time()
+    target_version = latest_version(spark, target)
+    files = input_files(documents)
+    total, committed_by_file = committed_per_file(spark, documents, target, target_version, fingerprint, options)
+    committed_before = sum(committed_by_file.values())
+    replaces_rows = holds_replaceable_rows(spark, target, fingerprint, options)
+    print(f"plan: {total} documents in {len(files)} input files, {committed_before} already committed for this "
+          f"scorer (in {len(committed_by_file)} of the files); the ids of input and output read once, "
+          f"{time.time() - started:.1f}s", file=sys.stderr, flush=True)
+    return ScorePlan(documents=documents, total=total, committed_before=committed_before,
+                     to_score=total - committed_before, target=target, carry=carry, heads=model.heads,
+                     max_seq_len=model.max_seq_len, dtype=dtype, batch_tokens=batch_tokens, fingerprint=fingerprint,
+                     readable=readable, state_dir=state_dir, run_key=run_key, output=options.output,
+                     replaces_rows=replaces_rows, target_version=target_version,
+                     fresh_files=frozenset(files - set(committed_by_file)))
+
+
+def input_files(documents) -> set[str]:
+    """The data files of a Delta read, by file name (Delta names each file uniquely)."""
+    return {path.rsplit("/", 1)[-1] for path in documents.inputFiles()}
+
+
+def committed_per_file(spark, documents, target: str, version: int, fingerprint: str,
+                       options: ScoreOptions) -> tuple[int, dict[str, int]]:
+    """(documents in the input, {input file name: its documents committed for this scorer at `version`}),
+    in one pass over the input's ids and the target's: what slices.py needs to skip the anti-join for
+    input files that held nothing committed (spark_jobs/slice_commits.py)."""
+    from pyspark.sql import functions as F
+
+    ids = documents.select(F.col(quote_identifier(options.id_col)).alias("_id"),
+                           F.col("_metadata.file_path").alias("_file"))
+    if version < 0:
+        return ids.count(), {}
+    done = committed(spark, target, fingerprint, options, version)
+    rows = (ids.join(done, F.col("_id") == F.col("committed_id"), "left")
+            .groupBy("_file").agg(F.count(F.lit(1)).alias("documents"), F.count("committed_id").alias("committed"))
+            .collect())
+    total = sum(r["documents"] for r in rows)
+    return total, {r["_file"].rsplit("/", 1)[-1]: r["committed"] for r in rows if r["committed"]}
 
 
 def holds_replaceable_rows(spark, target: str, fingerprint: str, options: ScoreOptions) -> bool:
@@ -445,7 +487,8 @@ def release(scored) -> None:
 def table_properties_of(options: ScoreOptions, plan: ScorePlan) -> dict[str, str]:
     """Provenance for readers of the table: the scorer, and the id and domain columns select.py uses."""
     return {table_contract.SCORER: plan.fingerprint, table_contract.SCORER_CONFIG: dumps(plan.readable),
-            table_contract.ID_COL: options.id_col, table_contract.DOMAIN_COL: options.domain_col}
+            table_contract.ID_COL: options.id_col, table_contract.DOMAIN_COL: options.domain_col,
+            table_contract.INPUT: _absolute(options.input)}
 
 
 def ensure_target(spark, options: ScoreOptions, plan: ScorePlan) -> None:
@@ -486,19 +529,6 @@ def write_scores(spark, scored, options: ScoreOptions, target: str, insert_only:
         session.catalog.dropTempView(view)
 
 
-_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
-              "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
-              "ProtocolChangedException", "DELTA_CONCURRENT_", "TABLE_OR_VIEW_ALREADY_EXISTS",
-              "FileAlreadyExistsException", "DELTA_TABLE_ALREADY_EXISTS", "DELTA_PROTOCOL_CHANGED",
-              "DELTA_METADATA_CHANGED")
-
-
-def is_commit_conflict(exc: BaseException) -> bool:
-    """Delta's optimistic concurrency lost a race (or another writer created the table first)."""
-    text = type(exc).__name__ + " " + str(exc)[:2000]
-    return any(name in text for name in _CONFLICTS)
-
-
 def write_scores_with_retries(spark, scored, options: ScoreOptions, target: str, insert_only: bool = False) -> None:
     """`write_scores`, again when a concurrent writer's commit conflicts with ours.
 
@@ -528,16 +558,25 @@ def write_scores_with_retries(spark, scored, options: ScoreOptions, target: str,
 
 
 def slice_committer(spark, options: ScoreOptions, plan: ScorePlan):
-    """The slicer's commit: a MERGE with retries, then the scorer's properties once if they changed."""
+    """The slicer's commit (spark_jobs/slice_commits.py: a fresh slice appended while that is safe, else a
+    MERGE with retries), then the scorer's properties once if they changed. `commit.commits.appending`
+    tells the slicer whether a fresh slice needs no anti-join."""
     properties = table_properties_of(options, plan)
     recorded = {"scorer": table_properties(spark, plan.target).get(table_contract.SCORER)}
 
-    def commit(scored) -> None:
+    def merge_slice(scored) -> None:
         write_scores_with_retries(spark, scored, options, plan.target, insert_only=not plan.replaces_rows)
+
+    commits = SliceCommits(spark, plan.target, plan.fingerprint, plan.target_version, merge_slice,
+                           appends=not plan.replaces_rows, files_per_commit=task_slots(spark))
+
+    def commit(scored, fresh: bool = False) -> None:
+        commits.commit(scored, fresh)
         if recorded["scorer"] != plan.fingerprint:
             set_table_properties(spark, plan.target, properties)
             recorded["scorer"] = plan.fingerprint
 
+    commit.commits = commits
     return commit
 
 
@@ -608,12 +647,14 @@ def run(spark, options: ScoreOptions, model: ModelCheck | None = None, stop: Sto
     announce(options, planned)
     ensure_target(spark, options, planned)
     detail = table_detail(spark, options.input)
+    committer = slice_committer(spark, options, planned)
     slicer = Slicer(SliceWork(
         spark=spark, source=options.input, target=planned.target, id_col=options.id_col,
         not_committed=lambda documents: not_committed(documents, planned.target, planned.fingerprint, options),
         score=lambda documents, count, number: compute_scores(options, planned, documents, count, number),
         release=release,
-        commit=slice_committer(spark, options, planned), checkpoint=planned.checkpoint,
+        commit=committer, appending=lambda: bool(getattr(committer, "commits", None) and committer.commits.appending),
+        fresh_files=planned.fresh_files, checkpoint=planned.checkpoint,
         slice_documents=options.slice_documents, slice_seconds=60.0 * options.slice_minutes,
         slots=task_slots(spark), docs_per_file=planned.total / max(1, detail["numFiles"] or 1),
         total=planned.total, committed_before=planned.committed_before, to_score=planned.to_score,
@@ -623,7 +664,8 @@ def run(spark, options: ScoreOptions, model: ModelCheck | None = None, stop: Sto
         watch(slicer, read_input, options.watch_interval, compact=lambda: compact(spark, options.output))
         # returns only by Stopped (or an error)
     elif planned.to_score:
-        slicer.run_stream()
+        if not slicer.run_stream() and common.is_connect(spark):
+            slice_input_files(spark, slicer, options, planned, detail)
         slicer.commit_remaining(read_input)  # the one full comparison after the stream: nothing missed
     if planned.target != options.output:  # overwrite: one atomic replace from the complete staging table
         replace_table(read_table(spark, planned.target), options.output, table_properties_of(options, planned))
@@ -637,6 +679,26 @@ def run(spark, options: ScoreOptions, model: ModelCheck | None = None, stop: Sto
                            committed_before=planned.committed_before, total=planned.total)
     report(summary)
     return summary
+
+
+def slice_input_files(spark, slicer: Slicer, options: ScoreOptions, plan: ScorePlan, detail) -> None:
+    """Spark Connect: the input's fresh files in slices, each read alone as Parquet (slices.run_files),
+    when the input is a plain Delta table (no partition columns, column mapping or deletion vectors:
+    then its data files hold exactly its rows); else every slice is cut by the id's hash from the whole
+    input, as `commit_remaining` does, rescanning the input each time."""
+    properties = detail["properties"] or {}
+    features = set(detail["tableFeatures"] or []) if "tableFeatures" in detail.asDict() else set()
+    plain = (not detail["partitionColumns"] and properties.get("delta.columnMapping.mode", "none") == "none"
+             and "deletionVectors" not in features)
+    if not plain:
+        print(f"Spark Connect: {options.input} is partitioned or uses column mapping or deletion vectors: slices "
+              f"are cut from the whole input by a hash of the id (each rescans the input)", file=sys.stderr, flush=True)
+        return
+    schema = plan.documents.schema
+    paths = sorted(path for path in plan.documents.inputFiles() if path.rsplit("/", 1)[-1] in plan.fresh_files)
+    print(f"Spark Connect: {len(paths)} input files hold documents with nothing committed; slices read a few "
+          f"files each", file=sys.stderr, flush=True)
+    slicer.run_files(lambda group: spark.read.schema(schema).parquet(*group), paths)
 
 
 def task_slots(spark) -> int:

@@ -103,6 +103,7 @@ def register_candidates(spark, scored, options: SelectOptions) -> None:
     source = (scored.withColumn("selection_id", F.col(quote_identifier(options.id_col)).cast("string"))
               .withColumn("selection_domain", F.coalesce(domain.cast("string"), F.lit(""))))
     source.createOrReplaceTempView("candidates_source")
+    input_columns(spark, scored, options).createOrReplaceTempView("input_columns")
     parameters = selection_parameters(options)
     narrow = run_sql(spark, SELECT_CANDIDATES_SQL.read_text(),
                      {k: parameters[k] for k in ("by_domain", "min_tokens")})
@@ -112,6 +113,23 @@ def register_candidates(spark, scored, options: SelectOptions) -> None:
                                 rank="rank_in_domain", group_rows="group_documents",
                                 running=("n_tokens", "tokens_so_far", "group_tokens"))
     ranked.createOrReplaceTempView("ranked_candidates")
+
+
+def input_columns(spark, scored, options: SelectOptions):
+    """(selection_id, the input columns the scored table does not carry): from the documents score.py
+    recorded as its input, when it ran with --carry-cols narrower than the input; else no rows, which
+    the selection's outer join drops at planning. So the selection keeps every column of the input."""
+    from pyspark.sql import functions as F
+
+    recorded = table_properties(spark, options.input).get(table_contract.INPUT) if table_exists(
+        spark, options.input) else None
+    if recorded and table_exists(spark, recorded):
+        documents = read_table(spark, recorded)
+        missing = [c for c in documents.columns if c not in scored.columns and c != options.id_col]
+        if missing and options.id_col in documents.columns:
+            return documents.select(F.col(quote_identifier(options.id_col)).cast("string").alias("selection_id"),
+                                    *[F.col(quote_identifier(c)) for c in missing])
+    return scored.select(F.col(quote_identifier(options.id_col)).cast("string").alias("selection_id")).limit(0)
 
 
 def write_selection(spark, scored, options: SelectOptions) -> None:

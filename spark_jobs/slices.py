@@ -3,12 +3,14 @@
 A run is a Structured Streaming query over the input table (Delta's source, `trigger(availableNow)`,
 `maxFilesPerTrigger` from the slice size): Delta hands each micro-batch its own files, so no slice
 rescans the whole input, and the query's checkpoint (under `--state-dir`) remembers which input
-files are done. Each micro-batch keeps only the documents the output does not already hold for
-this scorer (an anti-join against the output), cuts them into slices of about `--slice-documents`
-documents when the batch is bigger (by a hash of the id), and scores and MERGEs each slice in one
-Delta commit. The anti-join is what makes this exactly-once: a batch replayed after a crash
-between its MERGE and the checkpoint's commit finds its documents committed and scores nothing;
-a concurrent writer's rows are skipped the same way; and the MERGE itself inserts an id at most once.
+files are done. A micro-batch whose files all held nothing committed when the run was planned
+(fresh) is cut into slices of about `--slice-documents` documents (by a hash of the id) and each
+slice is scored and appended in one Delta commit, guarded by Delta's application transactions
+(slice_commits.py): no slice reads the output. Any other micro-batch keeps only the documents the
+output does not already hold for this scorer (an anti-join against the output) and MERGEs them.
+A batch replayed after a crash between its commit and the checkpoint's commit is not fresh, finds
+its documents committed and scores nothing; a concurrent writer's commit ends the appends, and its
+rows are skipped the same way; and the MERGE itself inserts an id at most once.
 
 After the stream, one more anti-join over the whole input catches what a stream cannot see: rows
 of the input that were rewritten (updates, overwrites: `skipChangeCommits` skips those commits),
@@ -99,7 +101,7 @@ class SliceWork:
     id_col: str
     not_committed: Callable  # DataFrame of documents -> those without a current score in `target`
     score: Callable          # (documents, count, slice number) -> (scored rows, persisted; [(status, docs, tokens)])
-    commit: Callable         # scored rows -> committed in one MERGE (with conflict retries)
+    commit: Callable         # (scored rows[, True for a fresh slice]) -> committed once (slice_commits.py)
     release: Callable        # scored rows -> their storage freed
     checkpoint: str          # the stream's checkpoint location
     slice_documents: int | None  # None: auto, sized to `slice_seconds` of measured work
@@ -110,6 +112,8 @@ class SliceWork:
     committed_before: int    # of them already committed for this scorer when the run started
     to_score: int            # of them left to score
     stop: StopSignal
+    appending: Callable = lambda: False  # whether a fresh slice is committed without an anti-join now
+    fresh_files: frozenset = frozenset()  # input files (by name) with nothing committed when the run was planned
 
 
 class Slicer:
@@ -127,16 +131,16 @@ class Slicer:
         self._error: BaseException | None = None
         self._batch_docs = None  # documents per micro-batch the running stream was sized for
         self.restarts = 0
-        self._said_connect = False
+        self.handed_files: set[str] = set()  # input files this run has handed out
 
     # ------------------------------------------------------------ one slice
 
-    def commit_slice(self, documents, count: int) -> None:
+    def commit_slice(self, documents, count: int, fresh: bool = False) -> None:
         started = time.time()
         scored, stats = self.work.score(documents, count, self.slices + 1)
         try:
             if stats:
-                self.work.commit(scored)
+                self.work.commit(scored, True) if fresh else self.work.commit(scored)
         finally:
             self.work.release(scored)
         seconds = time.time() - started
@@ -160,16 +164,31 @@ class Slicer:
             wanted = int(done / seconds * self.work.slice_seconds)
             self.slice_documents = max(MIN_SLICE_DOCUMENTS, min(wanted, 4 * self.slice_documents))
 
-    def commit_documents(self, documents) -> None:
+    def commit_documents(self, documents, fresh: bool = False, count: int | None = None) -> None:
         """Every document of `documents` not yet committed, in slices of about `slice_documents`.
 
         A round counts what is left (the anti-join), cuts it into k buckets by the id's hash, k from
         the slice size, and commits one slice per bucket; each slice's anti-join runs anew, so a
         slice another writer committed meanwhile is skipped. The next round finds nothing left.
+        `fresh` documents (from input files that held nothing committed, see slice_commits.py) skip the
+        anti-join while the committer appends: none of them can be in the output unless another
+        writer put it there, and then the append does not land and the slice is MERGEd instead.
         """
         from pyspark.sql import functions as F
 
         id_hash = F.xxhash64(F.col(quote_identifier(self.work.id_col)))
+        if fresh and self.work.appending():
+            left = documents.count() if count is None else count
+            buckets = max(1, math.ceil(left / self.slice_documents))
+            for bucket in range(buckets):
+                if bucket:
+                    self._check_stop()
+                if not self.work.appending():  # another writer came: the anti-join finds what is left
+                    break
+                piece = documents if buckets == 1 else documents.where(F.pmod(id_hash, F.lit(buckets)) == bucket)
+                self.commit_slice(piece, math.ceil(left / buckets), fresh=True)
+            else:
+                return
         while True:
             self._check_stop()
             todo = self.work.not_committed(documents)
@@ -193,14 +212,10 @@ class Slicer:
         """The input's files not yet streamed, in micro-batches; False when the stream could not run.
 
         On Spark Connect a `foreachBatch` function runs in a Python process of the server, away from
-        this driver's slicer, its progress and its stop signals: there the run is the full comparison
-        alone (`commit_remaining`), hashed slices that each rescan the input.
+        this driver's slicer, its progress and its stop signals: there score.py hands the input's files
+        to `run_files` instead.
         """
         if is_connect(self.work.spark):
-            if not self._said_connect:
-                self._said_connect = True
-                print("Spark Connect: slices are cut from the whole input by a hash of the id (each slice "
-                      "rescans the input; a classic session streams it instead)", file=sys.stderr, flush=True)
             return False
         failures = 0
         while True:
@@ -212,6 +227,21 @@ class Slicer:
             failures += 1
             if failures >= 2:
                 return False
+
+    def _fresh(self, batch) -> tuple[bool, int | None]:
+        """(whether every file of this micro-batch held nothing committed when the run was planned and was
+        not handed out before in this run, the batch's documents). One pass over the batch: a micro-batch
+        knows its files only row by row (`input_file_name`; it has no `inputFiles()` or `_metadata`)."""
+        from pyspark.sql import functions as F
+
+        try:
+            counts = {r[0].rsplit("/", 1)[-1]: r[1] for r in batch.groupBy(F.input_file_name()).count().collect()}
+        except Exception:  # noqa: BLE001 - files unknown: the anti-join decides
+            return False, None
+        files = set(counts)
+        fresh = bool(files) and "" not in files and files <= self.work.fresh_files and not files & self.handed_files
+        self.handed_files |= files
+        return fresh, sum(counts.values())
 
     def _max_files(self) -> int:
         return max(1, round(self.slice_documents / max(self.work.docs_per_file, 1e-9)))
@@ -230,7 +260,8 @@ class Slicer:
                 self._check_stop()
                 if self.auto and self.restarts < MAX_STREAM_RESTARTS and self.slice_documents > 2 * self._batch_docs:
                     raise _StopAtBoundary(STOP_MARKER + ": restart")
-                self.commit_documents(batch)
+                fresh, count = self._fresh(batch)
+                self.commit_documents(batch, fresh=fresh, count=count)
             except BaseException as exc:  # noqa: BLE001 - kept for the main thread, then raised to stop the query
                 self._error = exc
                 raise
@@ -277,6 +308,30 @@ class Slicer:
         print(f"warning: the stream over {self.work.source} stopped ({first_line(failure)[:300]}); "
               f"restarting it, then a full comparison of the input and the output", file=sys.stderr, flush=True)
         return "failed"
+
+    # ------------------------------------------------------------ Spark Connect: the input's files
+
+    def run_files(self, read_files: Callable, paths: list[str]) -> None:
+        """Spark Connect, where the stream cannot run here: the input files that held nothing committed
+        when the run was planned (`paths`), a few per slice, each group read alone (`read_files`), so a
+        slice reads its own files rather than rescanning the input. Every other document is left to
+        `commit_remaining`'s one full comparison at the end."""
+        try:
+            start = 0
+            while start < len(paths):
+                self._check_stop()
+                group = paths[start:start + self._max_files()]
+                start += len(group)
+                self.handed_files |= {path.rsplit("/", 1)[-1] for path in group}
+                self.commit_documents(read_files(group), fresh=True)
+        except _StopAtBoundary:
+            raise Stopped(self.stopped_line()) from None
+        except KeyboardInterrupt:
+            if not self.work.stop.immediate:
+                raise
+            with suppress(Exception):
+                self.work.spark.interruptAll()
+            raise Stopped(self.stopped_line(at_once=True)) from None
 
     # ------------------------------------------------------------ what the stream cannot see
 

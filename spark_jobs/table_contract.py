@@ -18,6 +18,7 @@ SCORER = PROPERTY_PREFIX + "scorer"
 SCORER_CONFIG = PROPERTY_PREFIX + "scorer_config"
 ID_COL = PROPERTY_PREFIX + "id_col"
 DOMAIN_COL = PROPERTY_PREFIX + "domain_col"
+INPUT = PROPERTY_PREFIX + "input"  # the documents score.py read: select.py joins back columns not carried
 MODEL = PROPERTY_PREFIX + "model"
 MODEL_REVISION = PROPERTY_PREFIX + "model_revision"
 TOP_FRACTION = PROPERTY_PREFIX + "top_fraction"

@@ -134,3 +134,22 @@ def test_a_flag_value_with_sql_is_refused(tmp_path, capsys):
     assert exit_.value.code == 2 and "--fraction" in capsys.readouterr().err
     code, out = run_job(select, ["--input", "db.t; DROP TABLE x", "--output", tmp_path / "o"], capsys)
     assert code == 2 and "not a valid table name" in out.err
+
+
+def test_columns_not_carried_are_joined_back_from_the_input(spark, tmp_path, fixture_model):
+    """score.py --carry-cols id,domain keeps the text out of the scored table; select.py's output still
+    has every input column, joined back by id from the input the scored table records."""
+    from spark_jobs import score
+    from tests.helpers import SAMPLE_TEXTS, write_docs, write_heads
+
+    docs = write_docs(spark, SAMPLE_TEXTS, tmp_path / "docs")
+    heads = write_heads(tmp_path / "heads.json", [(1, 0)])
+    scored = str(tmp_path / "scored")
+    score.run(spark, score.options(input=docs, output=scored, model=fixture_model, heads=heads, max_seq_len=64,
+                                   carry_cols="id,domain"))
+    assert "text" not in spark.read.format("delta").load(scored).columns
+    output = str(tmp_path / "selected")
+    assert run_job(select, ["--input", scored, "--output", output, "--fraction", 0.5])[0] == 0
+    rows = spark.read.format("delta").load(output).collect()
+    texts = {r[0]: r[2] for r in SAMPLE_TEXTS}
+    assert rows and all(r["text"] == texts[r["id"]] for r in rows)

@@ -214,3 +214,129 @@ def test_watch_scores_appends_and_rewrites_until_sigterm(spark, tmp_path, fixtur
     ids = sorted(r["id"] for r in spark.read.format("delta").load(str(output)).select("id").collect())
     assert ids == sorted({r[0] for r in rows_of(7) + rows_of(2, start=50)})
     assert log.read_text().strip().splitlines()[-1].startswith("stopped: ")
+
+
+# ---------------------------------------------------------------- slices that do not read the output
+
+def write_files(spark, rows, path, files: int) -> str:
+    """Documents as `files` data files, so the stream cuts micro-batches by file as on a real table."""
+    from tests.helpers import DOCS_DDL
+
+    spark.createDataFrame(rows, DOCS_DDL).repartition(files).write.format("delta").save(str(path))
+    return str(path)
+
+
+def commits(spark, output) -> list:
+    return spark.sql(f"DESCRIBE HISTORY delta.`{output}`").orderBy("version").collect()
+
+
+def test_fresh_slices_are_appended_as_transactions_of_the_scorer(spark, tmp_path, fixture_model, heads):
+    """The first slice is MERGEd; the slices after it, whose input files held nothing committed, are
+    appended (no anti-join, no MERGE) as Delta transactions of this scorer's app with rising versions.
+    The table equals a one-shot run, each id once."""
+    import json
+
+    docs = write_files(spark, rows_of(24), tmp_path / "docs", 6)
+    sliced = score.run(spark, options(docs, tmp_path / "sliced", fixture_model, heads, slice_documents=4))
+    one_shot = score.run(spark, options(docs, tmp_path / "one-shot", fixture_model, heads, slice_documents=1000))
+    assert sliced.slices >= 5 and one_shot.slices == 1
+    history = commits(spark, tmp_path / "sliced")
+    operations = [c["operation"] for c in history]
+    assert operations.count("MERGE") >= 1 and operations.count("WRITE") >= 4, operations
+    tagged = [json.loads(c["userMetadata"]) for c in history if c["userMetadata"]]
+    versions = [t["txn"] for t in tagged]
+    assert len(tagged) == sliced.slices and versions == sorted(set(versions))
+    assert_same_scores(scores(spark, tmp_path / "sliced"), scores(spark, tmp_path / "one-shot"))
+
+
+def rival_commit(spark, plan, options_, rows) -> None:
+    """Another writer of the same scorer: its own SliceCommits, MERGEing `rows` into the plan's table."""
+    from spark_jobs.slice_commits import SliceCommits, latest_version
+
+    def merge(scored):
+        score.write_scores_with_retries(spark, scored, options_, plan.target, insert_only=True)
+
+    rival = SliceCommits(spark, plan.target, plan.fingerprint, latest_version(spark, plan.target), merge, appends=False)
+    rival.commit(rows.localCheckpoint())
+
+
+def with_rival_after(monkeypatch, commits_before: int, rival):
+    """score.run's committer, with `rival(spark, options, plan)` run once after our `commits_before`-th commit."""
+    real = score.slice_committer
+
+    def committer(spark_, options_, plan):
+        commit = real(spark_, options_, plan)
+        done = []
+
+        def commit_then_rival(scored, *fresh):
+            commit(scored, *fresh)
+            done.append(1)
+            if len(done) == commits_before:
+                rival(spark_, options_, plan)
+
+        commit_then_rival.commits = commit.commits
+        return commit_then_rival
+
+    monkeypatch.setattr(score, "slice_committer", committer)
+
+
+def test_a_rival_writers_commit_ends_the_appends(spark, tmp_path, fixture_model, heads, monkeypatch, capsys):
+    """A second writer of this scorer commits every document (marked) after our second slice: our next
+    append does not land (Delta's transaction check), the run MERGEs from then on, and every id is in the
+    table once, the rival's rows untouched."""
+    from pyspark.sql import functions as F
+
+    docs = write_files(spark, rows_of(24), tmp_path / "docs", 6)
+    score.run(spark, options(docs, tmp_path / "rival", fixture_model, heads, slice_documents=1000))
+    marked = spark.read.format("delta").load(str(tmp_path / "rival")).withColumn("loss_full", F.lit(-1.0))
+    with_rival_after(monkeypatch, 2, lambda spark_, options_, plan: rival_commit(spark_, plan, options_, marked))
+    capsys.readouterr()
+    score.run(spark, options(docs, tmp_path / "scored", fixture_model, heads, slice_documents=4))
+    err = capsys.readouterr().err
+    assert "from now on every slice is checked against the table and MERGEd" in err
+    rows = spark.read.format("delta").load(str(tmp_path / "scored")).collect()
+    assert sorted(r["id"] for r in rows) == sorted(r[0] for r in rows_of(24))
+    ours = [r for r in rows if r["loss_full"] != -1.0]
+    assert 2 <= len(ours) < 24  # what we committed before the rival; the rest is the rival's
+
+
+def test_another_writers_rows_end_the_appends(spark, tmp_path, fixture_model, heads, monkeypatch, capsys):
+    """A writer that is not score.py (a plain INSERT of other ids) between two slices: found in the
+    history after our next commit; the run MERGEs from then on; each id once."""
+    docs = write_files(spark, rows_of(24), tmp_path / "docs", 6)
+    output = tmp_path / "scored"
+
+    def insert_others(spark_, options_, plan):
+        spark_.sql(f"INSERT INTO delta.`{plan.target}` BY NAME SELECT 'other-' || id AS id, domain, text, n_tokens, "
+                   f"loss_full, loss_masked, attention_influence, status, error, scorer, scored_at "
+                   f"FROM delta.`{plan.target}`")
+
+    with_rival_after(monkeypatch, 2, insert_others)
+    capsys.readouterr()
+    summary = score.run(spark, options(docs, output, fixture_model, heads, slice_documents=4))
+    assert "another writer added rows to it" in capsys.readouterr().err
+    ids = [r["id"] for r in spark.read.format("delta").load(str(output)).select("id").collect()]
+    ours = sorted(i for i in ids if not i.startswith("other-"))
+    assert ours == sorted(r[0] for r in rows_of(24)) and summary.documents == 24
+    assert len(ids) == len(set(ids))
+
+
+def test_a_lost_checkpoint_rereads_what_was_committed(spark, tmp_path, fixture_model, heads, monkeypatch, capsys):
+    """A run stopped after two slices whose stream checkpoint is then lost: the rerun's stream hands out
+    every file again; files that held committed documents are checked by the anti-join (not appended),
+    the others appended; each id once."""
+    import shutil
+
+    docs = write_files(spark, rows_of(24), tmp_path / "docs", 6)
+    output = tmp_path / "scored"
+    stop = slices.StopSignal()
+    stop_after_commits(monkeypatch, stop, 2)
+    with pytest.raises(Stopped):
+        score.run(spark, options(docs, output, fixture_model, heads, slice_documents=4), stop=stop)
+    committed = spark.read.format("delta").load(str(output)).count()
+    monkeypatch.undo()
+    shutil.rmtree(tmp_path / "_attention_influence_state")
+    resumed = score.run(spark, options(docs, output, fixture_model, heads, slice_documents=4))
+    assert resumed.committed_before == committed and resumed.documents == 24 - committed
+    ids = [r["id"] for r in spark.read.format("delta").load(str(output)).select("id").collect()]
+    assert sorted(ids) == sorted(r[0] for r in rows_of(24))

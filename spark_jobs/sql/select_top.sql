@@ -1,6 +1,8 @@
 -- Select the highest-scoring documents of each domain (or of the whole table).
--- Reads three temporary views that spark_jobs/select.py registers:
+-- Reads four temporary views that spark_jobs/select.py registers:
 --   candidates_source   the scored table plus `selection_id` and `selection_domain`
+--   input_columns       (selection_id, the columns of score.py's input the scored table does not carry,
+--                       e.g. the text under --carry-cols id,domain); no rows when it carries them all
 --   ranking_candidates  select_candidates.sql: (selection_id, ranking_group, attention_influence, n_tokens)
 --   ranked_candidates   ranking_candidates ranked by spark_jobs/ranking.py within each ranking_group by
 --                       attention_influence DESC, selection_id ASC: rank_in_domain, group_documents,
@@ -28,7 +30,9 @@ chosen AS (
     ELSE rank_in_domain <= CEIL(:fraction * group_documents)
   END
 )
-SELECT s.* EXCEPT (selection_id, selection_domain), c.rank_in_domain, c.percentile_in_domain
+SELECT s.* EXCEPT (selection_id, selection_domain), i.* EXCEPT (selection_id),
+       c.rank_in_domain, c.percentile_in_domain
 FROM candidates_source AS s
 JOIN chosen AS c ON s.selection_id = c.selection_id
+LEFT JOIN input_columns AS i ON s.selection_id = i.selection_id
 WHERE s.status = 'ok' AND s.attention_influence IS NOT NULL AND s.n_tokens >= :min_tokens
