@@ -349,11 +349,15 @@ def main(argv=None):
     os.environ.setdefault("ATTENTION_INFLUENCE_PROGRESS_SECONDS", "600")
     from spark_jobs.common import get_spark
 
-    spark = get_spark("attention-influence-bench-scale")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     results = {}
+    if "connect" in parts:
+        # First, in a process of its own: a session here would hold the local catalog (Derby admits one
+        # process at a time) that the Connect server's session opens too.
+        results.update(connect_slices(args, out))
+    spark = get_spark("attention-influence-bench-scale")
     if "selection" in parts:
         results.update(selection(spark, args, out))
     if "slices" in parts:
@@ -363,8 +367,6 @@ def main(argv=None):
 
         print(json.dumps(slices(spark, args, out, connect=True)))
         return
-    if "connect" in parts:
-        results.update(connect_slices(args, out))
     for line in extrapolate(results, args):
         print(line)
     for key, value in results.items():
