@@ -39,6 +39,7 @@ from typing import Callable
 
 from spark_jobs.common import Stopped, first_line, is_connect, is_path, quote_identifier, v2_name
 from spark_jobs.progress import format_seconds
+from spark_jobs.slice_commits import latest_version
 
 STOP_MARKER = "attention-influence-stop-at-slice-boundary"
 FIRST_SLICE_DOCUMENTS_PER_SLOT = 32  # --slice-documents auto: the first slice, before a rate is measured
@@ -385,10 +386,6 @@ def quiet_stream_log(spark):
 
 # ---------------------------------------------------------------- the input's history
 
-def input_version(spark, source: str) -> int:
-    return int(spark.sql(f"DESCRIBE HISTORY {v2_name(source)} LIMIT 1").first()["version"])
-
-
 def changes_since(spark, source: str, version: int) -> list[tuple[int, str]]:
     """Commits after `version` that were not blind appends (and changed data): (version, operation)."""
     from pyspark.sql import functions as F
@@ -414,7 +411,7 @@ def watch(slicer: Slicer, read_input: Callable, interval: float, compact: Callab
     work = slicer.work
     last = None
     while True:
-        version = input_version(work.spark, work.source)
+        version = latest_version(work.spark, work.source)
         if version != last:
             full = last is None
             if last is not None:
