@@ -1,33 +1,33 @@
-"""Per-token losses of the full and the head-masked model (SPEC §3).
+"""Per-token losses of the full and the head-masked model, and the documents' scores (SPEC §3).
 
-Tokens -> windows -> token-budget batches -> per-token losses -> documents.
+Tokens -> windows -> token-budget batches (`windows`) -> per-token losses -> documents.
 
-* A document is `tokenizer(text)["input_ids"]` (special tokens included), cut
-  into consecutive, non-overlapping windows of `max_seq_len`; in each window
-  every token but the first is predicted. Document losses are token-weighted
-  means over all predicted tokens.
-* Windows are sorted by length and packed into batches of at most
-  `batch_tokens` padded tokens, right-padded. Under causal attention a real
-  token never sees a pad to its right, so padding cannot change a result; the
-  pads' outputs are dropped.
-* The fused pass runs the layers below the first masked layer once, then
-  continues full and masked copies of the batch side by side (2x rows); the
-  two-pass variant runs the model twice. Both give the same losses.
+* Document losses are token-weighted means over all predicted tokens of the
+  document's windows.
+* Under causal attention a real token never sees a pad to its right, so
+  padding cannot change a result; the pads' outputs are dropped.
+* The fused pass (`fused_pass`) runs the layers below the first masked layer
+  once, then continues full and masked copies of the batch side by side (2x
+  rows); the two-pass variant runs the model twice. Both give the same losses.
+* The LM head + cross-entropy and the attention run on the kernels chosen in
+  `kernels`.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
 from attention_influence.compiling import compile_layers
-from attention_influence.masking import DEFAULT_MASKING, Head, HeadGates, checked_heads, decoder_layers
+from attention_influence.fused_pass import _fused_hidden, fan_out
+from attention_influence.kernels import _token_losses, checked_attention_backends, checked_loss_kernel
+from attention_influence.masking import DEFAULT_MASKING, Head, HeadGates, checked_heads
+from attention_influence.windows import PreparedTexts, plan_batches, split_windows
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 
@@ -49,229 +49,6 @@ class DocScore:
         if self.status != STATUS_OK:
             return None
         return (self.loss_masked - self.loss_full) / self.loss_full
-
-
-def split_windows(ids: Sequence[int], max_seq_len: int) -> list[list[int]]:
-    """Consecutive, non-overlapping windows; a trailing window of one token predicts nothing."""
-    if max_seq_len < 2:
-        raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
-    return [list(ids[i:i + max_seq_len]) for i in range(0, len(ids), max_seq_len)]
-
-
-def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices of windows grouped so that rows x longest row <= batch_tokens (one row at least).
-
-    Longest first, so each batch holds windows of similar length and padding
-    stays small; callers restore the input order by index.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        longest = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1) * longest > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Share of the computed token slots that are padding."""
-    real = sum(lengths[i] for batch in batches for i in batch)
-    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
-    return 1 - real / padded if padded else 0.0
-
-
-class _FanOut:
-    """Forward pre-hooks that turn a batch of B rows into [full; masked] 2B rows at layer `start`
-    while `start` is set (the fused pass), and pass everything through otherwise.
-
-    Installed once per model (`fan_out`), never per batch. Every decoder layer from `start` on
-    receives per-row tensors (position embeddings, masks) computed for B rows; those are tiled to
-    2B. Only tensors of 2+ dimensions whose first dimension is B are tiled, which is what per-row
-    inputs look like in every supported family. The hooks run outside the layers' forward, so a
-    compiled layer sees plain tensors of B or 2B rows.
-    """
-
-    def __init__(self, model):
-        self.start: int | None = None
-        self.rows = 0
-        for index, layer in enumerate(decoder_layers(model)):
-            layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
-
-    def _tile(self, value):
-        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == self.rows:
-            return torch.cat([value, value], dim=0)
-        if isinstance(value, tuple):
-            return tuple(self._tile(v) for v in value)
-        return value
-
-    def _hook(self, index: int):
-        def hook(_module, args, kwargs):
-            if self.start is None or index < self.start:
-                return None
-            if index == self.start:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                self.rows = hidden.shape[0]
-            args = tuple(self._tile(a) for a in args)
-            kwargs = {k: self._tile(v) for k, v in kwargs.items()}
-            return args, kwargs
-        return hook
-
-    @contextmanager
-    def from_layer(self, start: int):
-        self.start = start
-        try:
-            yield
-        finally:
-            self.start = None
-
-
-FAN_OUT = "_attention_influence_fan_out"
-
-
-def fan_out(model) -> _FanOut:
-    """The model's `_FanOut`, installed on first use."""
-    if not isinstance(getattr(model, FAN_OUT, None), _FanOut):
-        object.__setattr__(model, FAN_OUT, _FanOut(model))
-    return getattr(model, FAN_OUT)
-
-
-# How the LM head + cross-entropy runs (`Scorer(loss_kernel=...)`): "auto" is what measured fastest
-# per device kind (vocabulary blocks on a CPU, row slices elsewhere; docs/benchmarks.md); the others
-# are there so benchmarks/gpu.sh can compare them on a GPU and a user can pick one.
-LOSS_KERNELS = ("auto", "row_slices", "vocab_blocks", "linear_cross_entropy")
-
-
-def checked_loss_kernel(model, kernel: str) -> str:
-    """`kernel`, or a clear error where this model's LM head cannot run it."""
-    if kernel not in LOSS_KERNELS:
-        raise ValueError(f"loss_kernel must be one of {', '.join(LOSS_KERNELS)}, got {kernel!r}")
-    head = model.get_output_embeddings()
-    if kernel in ("vocab_blocks", "linear_cross_entropy") and not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"loss_kernel {kernel!r} needs an nn.Linear LM head, this model has "
-                         f"{type(head).__name__}; use 'auto' or 'row_slices'")
-    if kernel == "linear_cross_entropy":
-        if getattr(model.config, "final_logit_softcapping", None):
-            raise ValueError("loss_kernel 'linear_cross_entropy' cannot apply the model's final logit "
-                             "softcapping; use 'auto', 'row_slices' or 'vocab_blocks'")
-        if not hasattr(F, "linear_cross_entropy"):
-            raise ValueError(f"loss_kernel 'linear_cross_entropy' needs torch >= 2.15 (this is {torch.__version__})")
-    return kernel
-
-
-def _token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 25,
-                  kernel: str = "auto") -> torch.Tensor:
-    """Cross-entropy of each next token in float32 (rows, length), by `kernel` (LOSS_KERNELS; checked
-    by the caller): "auto" takes the vocabulary in blocks on a CPU, elsewhere a slice of rows at a
-    time (what has been measured on a GPU, docs/benchmarks.md)."""
-    head = model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if kernel == "auto":
-        kernel = "vocab_blocks" if hidden.device.type == "cpu" and isinstance(head, torch.nn.Linear) else "row_slices"
-    if kernel == "vocab_blocks":
-        return _vocab_blocked_losses(head, softcap, hidden, targets, max_logits)
-    if kernel == "linear_cross_entropy":
-        return _builtin_linear_losses(head, hidden, targets)
-    return _row_sliced_losses(head, softcap, hidden, targets, max_logits)
-
-
-def _builtin_linear_losses(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """torch's fused `F.linear_cross_entropy` in its chunked form, which never builds the whole
-    [tokens, vocab] logits. Its result has the inputs' dtype: on bfloat16 the per-token losses are
-    rounded to bfloat16 (about 3 significant digits); document means stay within ~1e-4 of float32."""
-    rows, length, width = hidden.shape
-    options = torch.nn.LinearCrossEntropyOptions(acc_policy="accurate")
-    losses = F.linear_cross_entropy(hidden.reshape(-1, width), head.weight, targets.reshape(-1),
-                                    linear_bias=head.bias, reduction="none", options=options)
-    return losses.float().view(rows, length)
-
-
-ATTENTION_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                      "math": "MATH"}
-
-
-def checked_attention_backends(model, names: Sequence[str] | None) -> list | None:
-    """torch's SDPBackend values for `names` (ATTENTION_BACKENDS), or a clear error. Whether a kernel
-    can run is known only per batch (device, dtype, head size): where none of them can, the scorer
-    stops with an error naming the setting (e.g. cuDNN on a CPU)."""
-    if not names:
-        return None
-    if isinstance(names, str):
-        names = [names]
-    unknown = [n for n in names if n not in ATTENTION_BACKENDS]
-    if unknown:
-        raise ValueError(f"attention_backends: unknown {', '.join(map(repr, unknown))}; "
-                         f"choose from {', '.join(ATTENTION_BACKENDS)}")
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if implementation != "sdpa":
-        raise ValueError(f"attention_backends choose SDPA kernels, but this model runs {implementation!r} attention "
-                         "(load it with attn_implementation='sdpa')")
-    return [getattr(SDPBackend, ATTENTION_BACKENDS[n]) for n in names]
-
-
-def _softcapped(logits: torch.Tensor, softcap) -> torch.Tensor:
-    """Gemma 2's final logit softcapping, where the config asks for it; both loss paths apply it."""
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
-
-
-def _row_sliced_losses(head, softcap, hidden: torch.Tensor, targets: torch.Tensor, max_logits: int) -> torch.Tensor:
-    """Cross-entropy with the whole vocabulary's logits for a slice of rows at a time."""
-    rows, length, _ = hidden.shape
-    vocab = head.weight.shape[0]
-    step = max(1, max_logits // max(1, length * vocab))
-    losses = []
-    for start in range(0, rows, step):
-        logits = _softcapped(head(hidden[start:start + step]).float(), softcap)
-        part = targets[start:start + step]
-        losses.append(F.cross_entropy(logits.reshape(-1, vocab), part.reshape(-1), reduction="none").view(part.shape))
-    return torch.cat(losses)
-
-
-def vocab_block_size(hidden_size: int, vocab: int) -> int:
-    """Vocabulary rows per block: about 4 MiB of float32 weight, which stays in a CPU's cache, in a
-    multiple of 256 rows (matrix multiplies of an odd width ran 1.5x slower on SmolLM2's head)."""
-    return min(vocab, max(256, (1 << 20) // max(1, hidden_size) // 256 * 256))
-
-
-def _vocab_blocked_losses(head: torch.nn.Linear, softcap, hidden: torch.Tensor, targets: torch.Tensor,
-                          max_logits: int, block: int | None = None) -> torch.Tensor:
-    """Cross-entropy with the vocabulary in blocks and a running log-sum-exp.
-
-    The LM head's weight (SmolLM2: 49,152 x 576, 113 MB) does not fit in a CPU's cache, so one
-    [tokens, vocab] product streams it from memory for every slice of tokens, and the logits then make
-    two more trips through memory (log-softmax, gather). A block of the vocabulary is reused by every
-    token while it is in cache, and its logits are reduced at once: about 1.5x faster on SmolLM2's
-    head (docs/benchmarks.md, run 6). Same float32 values as `F.cross_entropy` to ~1e-6.
-    """
-    rows, length, width = hidden.shape
-    vocab = head.weight.shape[0]
-    flat_hidden, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
-    if flat_targets.numel() and (int(flat_targets.min()) < 0 or int(flat_targets.max()) >= vocab):
-        raise IndexError(f"target token id out of range for a vocabulary of {vocab}")
-    block = block or vocab_block_size(width, vocab)  # `block`: a GPU benchmark tries larger ones
-    token_step = max(1, max_logits // block)
-    losses = []
-    for token_start in range(0, flat_hidden.shape[0], token_step):
-        part = flat_hidden[token_start:token_start + token_step]
-        part_targets = flat_targets[token_start:token_start + token_step]
-        running_max = torch.full((part.shape[0],), -math.inf, dtype=torch.float32, device=part.device)
-        sum_exp = torch.zeros_like(running_max)
-        target_logit = torch.zeros_like(running_max)
-        for start in range(0, vocab, block):
-            bias = head.bias[start:start + block] if head.bias is not None else None
-            logits = _softcapped(F.linear(part, head.weight[start:start + block], bias).float(), softcap)
-            local = part_targets - start
-            picked = logits.gather(1, local.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
-            target_logit = torch.where((local >= 0) & (local < logits.shape[1]), picked, target_logit)
-            new_max = torch.maximum(running_max, logits.amax(dim=1))
-            sum_exp = sum_exp * torch.exp(running_max - new_max) + logits.sub_(new_max[:, None]).exp_().sum(dim=1)
-            running_max = new_max
-        losses.append(running_max + torch.log(sum_exp) - target_logit)
-    return torch.cat(losses).view(rows, length)
 
 
 def batch_losses(model, input_ids: torch.Tensor, heads: Sequence[Head], fused: bool = True,
@@ -307,37 +84,6 @@ def _batch_losses(model, input_ids: torch.Tensor, heads: list[Head], fused: bool
     both = _token_losses(model, _fused_hidden(model, input_ids, heads, masking, gates), torch.cat([targets, targets]),
                          kernel=loss_kernel)
     return both[:rows], both[rows:]
-
-
-def _fused_hidden(model, input_ids: torch.Tensor, heads: list[Head], masking: str,
-                  gates: HeadGates | None = None) -> torch.Tensor:
-    """Last hidden states of the fused pass, (2 x rows, length-1): the full rows, then the masked ones.
-
-    The layers below the first masked one run on the B rows once with open gates; from there on the
-    rows are [full; masked] and the masked layers' gates are closed over the second half only."""
-    gates = gates or HeadGates(model, heads, masking)
-    rows = input_ids.shape[0]
-    masked_rows = torch.arange(2 * rows, device=input_ids.device) >= rows
-    with fan_out(model).from_layer(min(layer for layer, _ in heads)), gates.closed(masked_rows):
-        return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-
-
-@dataclass
-class PreparedTexts:
-    """Texts tokenized and cut into windows (`Scorer.prepare`), not yet run through the model."""
-
-    finals: list  # a final DocScore for a document that cannot be scored, else None
-    n_tokens: list[int]
-    windows: list[list[int]]
-    owners: list[int]  # document index of each window
-
-    def __len__(self) -> int:
-        return len(self.finals)
-
-    def only(self, doc_index: int) -> "PreparedTexts":
-        """The one document `doc_index`, to score it alone."""
-        windows = [w for w, owner in zip(self.windows, self.owners) if owner == doc_index]
-        return PreparedTexts([self.finals[doc_index]], [self.n_tokens[doc_index]], windows, [0] * len(windows))
 
 
 def _in_order(count: int, parts) -> list:
@@ -450,7 +196,8 @@ class Scorer:
                         ) -> Iterator[list[tuple[int, DocScore]]]:
         """`finish`, yielding (document index, DocScore) of the documents completed so far every
         `seconds` of work (None: once, at the end), so a caller can hand finished rows on while the
-        rest of the batches run. Batches are planned over all windows, as in `finish`."""
+        rest of the batches run. A part may be empty (no document completed in it): the work went on,
+        which a caller can report (`stats`). Batches are planned over all windows, as in `finish`."""
         import time
 
         per_doc: dict[int, list[int]] = {}
@@ -468,7 +215,7 @@ class Scorer:
                 left[doc_index] -= 1
                 if not left[doc_index]:
                     ready.append((doc_index, self._doc_score(prepared, doc_index, per_doc[doc_index], losses)))
-            if seconds is not None and ready and time.perf_counter() - last >= seconds:
+            if seconds is not None and time.perf_counter() - last >= seconds:
                 yield ready
                 ready, last = [], time.perf_counter()
         if ready:

@@ -1,7 +1,7 @@
 """The standard library's source files and their docstrings: real text on every machine with Python.
 
 Head detection draws the retrieval task's values from these docstrings
-(`retrieval.prose_sentences`); the demo corpus (`demo/corpus.py`) cuts the same
+(`retrieval_task.prose_sentences`); the demo corpus (`demo/corpus.py`) cuts the same
 files into its `code` and `prose` documents. Deterministic: the same Python
 install gives the same files, in the same order.
 """

@@ -110,7 +110,8 @@ def pairs_text(pair: dict) -> str:
 
 
 def spark_session(args):
-    from spark_jobs.common import LOCAL_PROFILE, get_spark, read_properties
+    from spark_jobs.local_profile import LOCAL_PROFILE, read_properties
+    from spark_jobs.session import get_spark
 
     # As in conf/spark/gpu.conf, one task holds the executor's compute: here spark.task.cpus =
     # all cores, so the UDF's torch gets the same threads as the plain loop.
@@ -228,7 +229,7 @@ def real_model_runs(args, results: dict, masking: str | None, scorer_kwargs: dic
     from attention_influence.loading import load_model
     from attention_influence.losses import Scorer, split_windows
     from benchmarks import flops
-    from benchmarks.gpu_bench import SMOLLM2_HEADS
+    from benchmarks.gpu.shapes import SMOLLM2_HEADS
 
     path = Path(args.real_model)
     model, tokenizer = load_model(str(path), dtype="float32", device="cpu")

@@ -61,7 +61,8 @@ def prefix_detections(model, tokenizer, sample_counts, context, args) -> tuple[d
     seconds that scoring took."""
     import numpy as np
 
-    from attention_influence.retrieval import build_samples, retrieval_scores, select_heads
+    from attention_influence.retrieval import retrieval_scores, select_heads
+    from attention_influence.retrieval_task import build_samples
 
     largest = max(sample_counts)
     samples = build_samples(tokenizer, largest, context, seed=args.seed)
@@ -97,7 +98,8 @@ def main(argv=None):
     import torch
 
     from attention_influence.loading import load_model
-    from attention_influence.retrieval import build_samples, head_layout, heads_document, task_accuracy
+    from attention_influence.retrieval import head_layout, heads_document, task_accuracy
+    from attention_influence.retrieval_task import build_samples
     from tests.helpers import copy_gain_removed
 
     torch.manual_seed(0)
@@ -137,7 +139,7 @@ def main(argv=None):
 
     spark = None
     if args.kept and Path(args.kept).exists():
-        from spark_jobs.common import get_spark
+        from spark_jobs.session import get_spark
 
         spark = get_spark("attention-influence-detection-sizing")
     for name, config in configs.items():

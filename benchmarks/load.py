@@ -178,7 +178,7 @@ def main():
     heads = out / "heads.json"
     heads.write_text('{"model": "tiny-llama", "heads": [[1, 0], [1, 5]], "scores": {}}')
 
-    from spark_jobs.common import get_spark
+    from spark_jobs.session import get_spark
 
     spark = get_spark("attention-influence-load-corpus")
     for n in sizes:

@@ -86,7 +86,7 @@ def ensure_table(spark, path: Path, build) -> str:
 # ---------------------------------------------------------------- selection and analysis
 
 def measure(spark, label: str, query, tasks: int, rows: int) -> dict:
-    from spark_jobs.common import session_settings
+    from spark_jobs.session import session_settings
 
     settings = {"spark.sql.shuffle.partitions": str(tasks), "spark.sql.adaptive.coalescePartitions.enabled": "false"}
     started = time.time()
@@ -105,7 +105,7 @@ def measure(spark, label: str, query, tasks: int, rows: int) -> dict:
 
 def selection(spark, args, out: Path) -> dict:
     from spark_jobs import analysis, select
-    from spark_jobs.common import run_sql
+    from spark_jobs.session import run_sql
 
     results = {}
     sizes = numbers(args.rows)
@@ -146,8 +146,8 @@ def carried_text(spark, args, out: Path, table: str, rows: int) -> dict:
     """What `--carry-cols` costs: the scored table with the text (the default, every input column) against
     one with id and domain only, whose selection joins the text back from the recorded input."""
     from spark_jobs import select
-    from spark_jobs.common import set_table_properties, table_detail
-    from spark_jobs.table_contract import INPUT
+    from spark_jobs.tables import set_table_properties, table_detail
+    from spark_jobs.tables import INPUT
 
     scored = spark.read.format("delta").load(table)
     documents = ensure_table(spark, out / f"documents-{rows}", lambda: scored.select("id", "domain", "text"))
@@ -180,7 +180,7 @@ class NullScorer:
     def __call__(self, documents, settings, plan, partitions, counters=None):
         from pyspark.sql import functions as F
 
-        from spark_jobs.table_contract import SCORED_AT_COLUMN, SCORER_COLUMN
+        from spark_jobs.tables import SCORED_AT_COLUMN, SCORER_COLUMN
 
         carried = [F.col(f"`{c}`") for c in settings.carry_cols]
         return (documents.repartition(partitions)
@@ -347,7 +347,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("ATTENTION_INFLUENCE_LOG_LEVEL", "ERROR")
     os.environ.setdefault("ATTENTION_INFLUENCE_PROGRESS_SECONDS", "600")
-    from spark_jobs.common import get_spark
+    from spark_jobs.session import get_spark
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,8 @@ def main():
     args = parse_args()
     from demo.corpus import sample_corpus
     from spark_jobs import score
-    from spark_jobs.common import get_spark, table_detail
+    from spark_jobs.session import get_spark
+    from spark_jobs.tables import table_detail
 
     if not (Path(args.model) / "config.json").exists():
         print(f"model {args.model} not found (run `make model`); sliced_vs_oneshot skipped")

@@ -6,7 +6,7 @@ to grow induction / retrieval heads quickly:
 * ``repeat`` rows: random token segments each followed by an exact copy (the
   second copy is predictable only by copying);
 * ``retrieval`` rows: one solved prompt of head detection's own task per row
-  (:func:`attention_influence.retrieval.build_task_sample`, the builder of
+  (:func:`attention_influence.retrieval_task.build_task_sample`, the builder of
   ``build_samples``: 3 shots, 32-character alphanumeric keys, prose-sentence
   values), filling the row as the detection prompts fill their context;
 * ``text`` rows: windows of real text from :mod:`demo.corpus`.
@@ -27,8 +27,8 @@ from typing import Callable
 
 import torch
 
-from attention_influence.retrieval import (build_samples, build_task_sample, key_value_object, retrieval_scores,
-                                           value_sentences)
+from attention_influence.retrieval import retrieval_scores
+from attention_influence.retrieval_task import build_samples, build_task_sample, key_value_object, value_sentences
 from demo.corpus import iter_documents
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -305,7 +305,7 @@ def _recipe_markdown(recipe: FixtureRecipe, seed: int, n_params: int, seconds: f
         f"{recipe.mix_repeat:.0%} random-token segments ({recipe.repeat_min}-{recipe.repeat_max} tokens) each "
         "repeated 2-4 times (so copies reach back as far as the retrieval rows' values), loss only on the repeats; "
         f"{recipe.mix_retrieval:.0%} one prompt of head detection's task with its answer "
-        "(`attention_influence.retrieval.build_task_sample`, the builder of `build_samples`: 3 shots, "
+        "(`attention_influence.retrieval_task.build_task_sample`, the builder of `build_samples`: 3 shots, "
         "32-character alphanumeric keys, prose-sentence values; prompt + answer as long as the row allows, "
         "then EOS; loss on every token; own seeded stream); the rest windows of a token stream of "
         f"{recipe.text_docs} corpus documents (loss on every token).",

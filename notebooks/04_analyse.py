@@ -119,7 +119,7 @@ show(spark.sql("SELECT status, error, COUNT(*) AS documents FROM scored WHERE st
 
 # COMMAND ----------
 
-from spark_jobs.common import table_exists  # noqa: E402
+from spark_jobs.tables import table_exists  # noqa: E402
 
 probe_report = str(paths.out / "probe_report")
 if table_exists(spark, probe_report):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spark_jobs.common import run_sql
+from spark_jobs.session import run_sql
 from spark_jobs.ranking import rank_within_groups
 
 SQL = Path(__file__).with_name("sql")

@@ -2,51 +2,40 @@
 
 from __future__ import annotations
 
-import os
+if __name__ == "__main__":  # run as a script: the repository, not this folder, first on sys.path
+    import _script_path  # noqa: F401
+
 import sys
-
-# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
-# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 from collections import Counter
 from dataclasses import dataclass
 
-from spark_jobs import common
-from spark_jobs.common import JobError, get_spark, new_parser, options_from, parse_flags, positive_int, replace_table
-
-
-def build_parser():
-    p = new_parser("Build the sample corpus from Python's standard library and licence texts.")
-    p.add_argument("--output", help="Delta path or catalog table to write")
-    p.add_argument("--per-domain", type=positive_int, help="documents per domain at most")
-    p.add_argument("--max-chars", type=positive_int, help="characters per document at most")
-    p.add_argument("--min-chars", type=positive_int, help="characters per document at least (drops short pieces)")
-    return p
+from spark_jobs import run_log
+from spark_jobs.cli import Job, JobError, flag, positive_int, run as run_job
+from spark_jobs.session import get_spark
+from spark_jobs.tables import write_table
 
 
 @dataclass(frozen=True, kw_only=True)
 class CorpusOptions:
-    """The flags of build_parser(), one field each (defaults: conf/build_corpus.yaml)."""
+    """One field per flag (defaults: conf/build_corpus.yaml)."""
 
-    output: str
-    per_domain: int
-    max_chars: int
-    min_chars: int
+    output: str = flag("Delta path or catalog table to write", required=True)
+    per_domain: int = flag("documents per domain at most", type=positive_int)
+    max_chars: int = flag("characters per document at most", type=positive_int)
+    min_chars: int = flag("characters per document at least (drops short pieces)", type=positive_int)
 
 
-def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> CorpusOptions:
-    """Options from flags over `--config` over `settings` over conf/build_corpus.yaml (the edge of the job)."""
-    options = options_from(CorpusOptions, parse_flags("build_corpus", build_parser(), argv, settings), ("output",))
+def check_lengths(options: CorpusOptions) -> CorpusOptions:
     if options.min_chars > options.max_chars:
         raise JobError(f"--min-chars ({options.min_chars}) is above --max-chars ({options.max_chars})")
     return options
 
 
-def options(**settings) -> CorpusOptions:
-    """Options for a notebook or a test: conf/build_corpus.yaml's defaults with `settings` over them."""
-    return parse_options([], settings)
+JOB = Job("build_corpus", CorpusOptions, "Build the sample corpus from Python's standard library and licence texts.",
+          check=check_lengths)
+build_parser = JOB.parser
+parse_options = JOB.parse
+options = JOB.options
 
 
 def run(spark, options: CorpusOptions) -> None:
@@ -54,17 +43,17 @@ def run(spark, options: CorpusOptions) -> None:
 
     docs = sample_corpus(per_domain=options.per_domain, max_chars=options.max_chars, min_chars=options.min_chars)
     frame = spark.createDataFrame([(d.id, d.domain, d.text) for d in docs], "id STRING, domain STRING, text STRING")
-    replace_table(frame.repartition(4), options.output)
+    write_table(frame.repartition(4), options.output)
     counts = Counter(d.domain for d in docs)
-    print(f"wrote {len(docs)} documents ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}) "
-          f"to {options.output}")
+    run_log.result(f"wrote {len(docs)} documents ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}) "
+                   f"to {options.output}")
 
 
 def main(argv=None):
     options = parse_options(argv)  # before Spark starts: a user error is one line
-    run(get_spark("attention-influence-corpus"), options)
+    run(get_spark("attention-influence-corpus", (options.output,)), options)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(run_job(main))

@@ -6,30 +6,35 @@ the top and bottom documents of each domain, and the tables and files the demo w
 
 from __future__ import annotations
 
-import os
+if __name__ == "__main__":  # run as a script: the repository, not this folder, first on sys.path
+    import _script_path  # noqa: F401
+
 import sys
-
-# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
-# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from spark_jobs.analysis import extremes as domain_extremes
-from spark_jobs.common import JobError, get_spark, new_parser, parse_flags, positive_int, read_table, run
+from spark_jobs import run_log
+from spark_jobs.cli import Job, JobError, flag, positive_int, run as run_job
+from spark_jobs.session import get_spark
+from spark_jobs.tables import read_table
 
 TABLES = ("corpus", "kept", "rejected", "head_scores", "scored", "selected", "probe_report")
 
 
-def build_parser():
-    p = new_parser("Print the demo's summary from the tables and files it wrote.")
-    p.add_argument("--out", help="the demo's output folder")
-    p.add_argument("--score-log", help="score.py's printed output, for its tokens/s (default <out>/score_summary.txt)")
-    p.add_argument("--per-side", type=positive_int, help="top and bottom documents shown per domain")
-    return p
+@dataclass(frozen=True, kw_only=True)
+class SummaryOptions:
+    """One field per flag (defaults: conf/demo_summary.yaml)."""
+
+    out: str = flag("the demo's output folder", required=True)
+    score_log: str | None = flag("score.py's printed output, for its tokens/s (default <out>/score_summary.txt)")
+    per_side: int = flag("top and bottom documents shown per domain", type=positive_int)
+
+
+JOB = Job("demo_summary", SummaryOptions, "Print the demo's summary from the tables and files it wrote.")
+build_parser = JOB.parser
 
 
 def heads_lines(heads_file: Path) -> list[str]:
@@ -107,52 +112,52 @@ def _one_line(text: str, width: int = 90) -> str:
 
 
 def main(argv=None):
-    args = parse_flags("demo_summary", build_parser(), argv)
+    args = JOB.parse(argv)
     from pyspark.sql import functions as F
 
     out = Path(args.out)
-    spark = get_spark("attention-influence-demo-summary")
-    print("== demo summary ==")
+    spark = get_spark("attention-influence-demo-summary", tuple(str(out / table) for table in TABLES))
+    run_log.result("== demo summary ==")
     for line in heads_lines(out / "heads.json"):
-        print(line)
+        run_log.result(line)
 
     for line in filter_lines(spark, out):
-        print(line)
+        run_log.result(line)
 
     scored_ref = str(out / "scored")
     scored = read_table(spark, scored_ref)
     if not {"id", "domain"}.issubset(scored.columns):
         raise JobError(f"{scored_ref} has no id/domain columns: not a demo table")
     by_status = {r["status"]: r["count"] for r in scored.groupBy("status").count().collect()}
-    print(f"documents scored: {sum(by_status.values())} ({', '.join(f'{k} {v}' for k, v in sorted(by_status.items()))})")
-    print(throughput(Path(args.score_log) if args.score_log else out / "score_summary.txt")
-          or "tokens/s: score.py's output not found")
+    run_log.result(f"documents scored: {sum(by_status.values())} ({', '.join(f'{k} {v}' for k, v in sorted(by_status.items()))})")
+    run_log.result(throughput(Path(args.score_log) if args.score_log else out / "score_summary.txt")
+                   or "tokens/s: score.py's output not found")
     domains = (scored.where(F.col("status") == "ok").groupBy("domain")
                .agg(F.count("*").alias("documents"), F.sum("n_tokens").alias("tokens"),
                     F.avg("loss_full").alias("loss_full"), F.avg("loss_masked").alias("loss_masked"),
                     F.avg("attention_influence").alias("influence"))
                .orderBy("domain").collect())
     for r in domains:
-        print(f"  {r['domain']:<8} {r['documents']:>5} documents {r['tokens']:>8} tokens  mean loss_full "
-              f"{r['loss_full']:.3f}, loss_masked {r['loss_masked']:.3f}, attention_influence {r['influence']:.4f}")
+        run_log.result(f"  {r['domain']:<8} {r['documents']:>5} documents {r['tokens']:>8} tokens  mean loss_full "
+                       f"{r['loss_full']:.3f}, loss_masked {r['loss_masked']:.3f}, attention_influence {r['influence']:.4f}")
 
     extremes = domain_extremes(spark, scored, args.per_side).collect()
-    print(f"top and bottom {args.per_side} documents per domain (attention_influence, tokens, start of text):")
+    run_log.result(f"top and bottom {args.per_side} documents per domain (attention_influence, tokens, start of text):")
     for r in extremes:
-        print(f"  {r['domain']:<8} {r['side']:<6} {r['attention_influence']:+.4f} {r['n_tokens']:>5}  "
-              f"{_one_line(r['text_start'])!r}")
+        run_log.result(f"  {r['domain']:<8} {r['side']:<6} {r['attention_influence']:+.4f} {r['n_tokens']:>5}  "
+                       f"{_one_line(r['text_start'])!r}")
 
     selected_ref = str(out / "selected")
     selected = read_table(spark, selected_ref).count() if (out / "selected").exists() else None
     if selected is not None:
-        print(f"selected: {selected} documents -> {selected_ref}")
+        run_log.result(f"selected: {selected} documents -> {selected_ref}")
     for line in probe_lines(spark, out):
-        print(line)
-    print("tables (Delta): " + ", ".join(str(out / t) for t in TABLES if (out / t).exists()))
+        run_log.result(line)
+    run_log.result("tables (Delta): " + ", ".join(str(out / t) for t in TABLES if (out / t).exists()))
     files = [out / "heads.json", out / "heads.png"] + sorted((out / "plots").glob("*.png"))
-    print("files: " + ", ".join(str(f) for f in files if f.exists()))
+    run_log.result("files: " + ", ".join(str(f) for f in files if f.exists()))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(run_job(main))

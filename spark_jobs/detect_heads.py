@@ -6,82 +6,58 @@
 
 from __future__ import annotations
 
-import os
+if __name__ == "__main__":  # run as a script: the repository, not this folder, first on sys.path
+    import _script_path  # noqa: F401
+
 import sys
-
-# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
-# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from spark_jobs import common, table_contract
-from spark_jobs.common import (JobError, fraction, get_spark, in_flag_words, new_parser, options_from, parse_flags,
-                               positive_int, replace_table)
+from spark_jobs import run_log
+from spark_jobs.cli import Job, JobError, ModelFlags, flag, fraction, in_flag_words, masking_modes, positive_int
+from spark_jobs.cli import run as run_job
+from spark_jobs.session import get_spark
+from spark_jobs.tables import CONTEXT_TOKENS, MODEL, MODEL_REVISION, SAMPLES, TOP_FRACTION, write_table
 
 HEAD_SCORES_DDL = ("layer INT, head INT, retrieval_score DOUBLE, rank INT, selected BOOLEAN, "
                    "model STRING, detected_at TIMESTAMP")
 
 
-def build_parser():
-    from attention_influence.masking import MASKING_MODES
+def decodings():
     from attention_influence.retrieval import DECODINGS
 
-    p = new_parser("Score every attention head by its retrieval score and select the top fraction (SPEC §2).")
-    p.add_argument("--model", help="local model directory or hub id")
-    p.add_argument("--revision", help="model revision on the hub")
-    p.add_argument("--output", help="Delta path or catalog table for the head scores")
-    p.add_argument("--heads-out", help="heads JSON to write (heads.png is written next to it)")
-    p.add_argument("--top-fraction", type=fraction, help="share of all heads to select")
-    p.add_argument("--samples", type=positive_int, help="3-shot retrieval prompts (the paper: 800)")
-    p.add_argument("--context-tokens", type=positive_int,
-                   help="prompt + answer length in tokens, capped at the model's context")
-    p.add_argument("--seed", type=int, help="seed of the synthetic task and of the random-head draws")
-    p.add_argument("--masking", choices=MASKING_MODES, help="how masked heads are masked in the accuracy check")
-    p.add_argument("--decoding", choices=DECODINGS,
-                   help="answer tokens scored from the model's predictions on the true value (teacher-forced) "
-                        "or from a free greedy answer (Wu et al.)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--device", help="auto, cpu or cuda[:N]")
-    return p
+    return DECODINGS
 
 
 @dataclass(frozen=True, kw_only=True)
-class DetectOptions:
-    """What one detection needs; the flags of build_parser(), one field each (defaults: conf/detect_heads.yaml)."""
+class DetectOptions(ModelFlags):
+    """What one detection needs: one field per flag (defaults: conf/detect_heads.yaml)."""
 
-    model: str
-    revision: str | None
-    output: str
-    heads_out: str
-    top_fraction: float
-    samples: int
-    context_tokens: int
-    seed: int
-    masking: str
-    decoding: str
-    dtype: str
-    device: str
+    output: str = flag("Delta path or catalog table for the head scores", required=True)
+    heads_out: str = flag("heads JSON to write (heads.png is written next to it)", required=True)
+    top_fraction: float = flag("share of all heads to select", type=fraction)
+    samples: int = flag("3-shot retrieval prompts (the paper: 800)", type=positive_int)
+    context_tokens: int = flag("prompt + answer length in tokens, capped at the model's context", type=positive_int)
+    seed: int = flag("seed of the synthetic task and of the random-head draws", type=int)
+    masking: str = flag("how masked heads are masked in the accuracy check", choices=masking_modes)
+    decoding: str = flag("answer tokens scored from the model's predictions on the true value (teacher-forced) "
+                         "or from a free greedy answer (Wu et al.)", choices=decodings)
+    device: str = flag("auto, cpu or cuda[:N]")
 
 
-def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> DetectOptions:
-    """Options from flags over `--config` over `settings` over conf/detect_heads.yaml (the edge of the job)."""
-    return options_from(DetectOptions, parse_flags("detect_heads", build_parser(), argv, settings),
-                        ("model", "output", "heads_out"))
+JOB = Job("detect_heads", DetectOptions,
+          "Score every attention head by its retrieval score and select the top fraction (SPEC §2).")
+build_parser = JOB.parser
+parse_options = JOB.parse
+options = JOB.options
 
 
-def options(**settings) -> DetectOptions:
-    """Options for a notebook or a test: conf/detect_heads.yaml's defaults with `settings` over them."""
-    return parse_options([], settings)
-
-
-class Progress:
-    """A line on stderr about every 10% of the work (at most every 30 s), so a long detection shows it lives."""
+class SampleProgress:
+    """Called after each sample of the synthetic task: a line about every 10% of the samples (at most every
+    30 s apart), so a long detection shows it lives. (Scoring's progress, from Spark, is progress.py's.)"""
 
     def __init__(self, label: str, total: int):
         self.label, self.total, self.done = label, total, 0
@@ -93,8 +69,8 @@ class Progress:
         if self.done == self.total or self.done % max(1, self.total // 10) == 0 or now - self.last > 30:
             self.last = now
             left = (now - self.started) / self.done * (self.total - self.done)
-            print(f"{self.label}: {self.done}/{self.total} samples, {now - self.started:.0f}s, ~{left:.0f}s left",
-                  file=sys.stderr, flush=True)
+            run_log.say(f"{self.label}: {self.done}/{self.total} samples, {now - self.started:.0f}s, "
+                        f"~{left:.0f}s left")
 
 
 def as_flags(exc: ValueError) -> JobError:
@@ -141,34 +117,38 @@ class Detection:
 def detect(options: DetectOptions) -> Detection:
     """Score every head on the synthetic task, select the top fraction, check the selection by masking it,
     and write the heads JSON and its heatmap. Needs no Spark."""
-    from attention_influence.loading import (context_length, load_config, load_model, model_revision,
-                                             device_from_flag, resolve_dtype)
-    from attention_influence.retrieval import (RANDOM_DRAWS, build_samples, heads_document, masking_accuracies,
-                                               retrieval_scores, select_heads)
+    from attention_influence.loading import (check_untrusted_model, context_length, load_config, load_model,
+                                             model_revision, device_from_flag, resolve_dtype)
+    from attention_influence.retrieval import (RANDOM_DRAWS, heads_document, masking_accuracies, retrieval_scores,
+                                               select_heads)
+    from attention_influence.retrieval_task import build_samples
 
-    config = load_config(options.model, options.revision)
+    trust, pickle = bool(options.trust_remote_code), bool(options.allow_pickle_weights)
+    check_untrusted_model(options.model, trust, pickle)
+    config = load_config(options.model, options.revision, trust)
     device = device_from_flag(options.device)
     model, tokenizer = load_model(options.model, dtype=resolve_dtype(options.dtype, device), device=device,
-                                  attn_implementation="eager", revision=options.revision)
+                                  attn_implementation="eager", revision=options.revision,
+                                  trust_remote_code=trust, allow_pickle_weights=pickle)
     context_tokens = min(options.context_tokens, context_length(config, cap=1 << 30))
 
     started = time.time()
     try:
         samples = build_samples(tokenizer, options.samples, context_tokens, seed=options.seed)
         result = retrieval_scores(model, tokenizer, samples, decoding=options.decoding,
-                                  progress=Progress("detect", len(samples)))
+                                  progress=SampleProgress("detect", len(samples)))
         heads = select_heads(result.scores, options.top_fraction)
     except ValueError as exc:
         raise as_flags(exc) from None
-    print(f"scored {result.scores.size} heads on {len(samples)} prompts of <= {context_tokens} tokens "
-          f"in {time.time() - started:.1f}s; the model copied {result.copied_tokens}/{result.answer_tokens} "
-          f"value tokens", file=sys.stderr)
+    run_log.say(f"scored {result.scores.size} heads on {len(samples)} prompts of <= {context_tokens} tokens "
+                f"in {time.time() - started:.1f}s; the model copied {result.copied_tokens}/{result.answer_tokens} "
+                f"value tokens")
     started = time.time()
     accuracies = masking_accuracies(model, tokenizer, samples, heads, masking=options.masking, seed=options.seed,
                                     accuracy_full=result.accuracy,
-                                    progress=Progress("accuracy", len(samples) * (1 + RANDOM_DRAWS +
+                                    progress=SampleProgress("accuracy", len(samples) * (1 + RANDOM_DRAWS +
                                                                                   (result.accuracy is None))))
-    print(f"task accuracies in {time.time() - started:.1f}s", file=sys.stderr)
+    run_log.say(f"task accuracies in {time.time() - started:.1f}s")
 
     revision = model_revision(options.model, options.revision)
     document = heads_document(options.model, revision, options.top_fraction, heads, result.scores, **accuracies,
@@ -192,24 +172,23 @@ def write_head_scores(spark, options: DetectOptions, detection: Detection) -> No
     rows = [(layer, head, float(detection.scores[layer, head]), rank, (layer, head) in selected, options.model,
              detected_at)
             for rank, (layer, head) in enumerate(head_ranking(detection.scores), 1)]
-    replace_table(spark.createDataFrame(rows, HEAD_SCORES_DDL), options.output,
-                  {table_contract.MODEL: options.model, table_contract.MODEL_REVISION: detection.revision,
-                   table_contract.TOP_FRACTION: str(options.top_fraction),
-                   table_contract.SAMPLES: str(detection.samples),
-                   table_contract.CONTEXT_TOKENS: str(detection.context_tokens)})
+    write_table(spark.createDataFrame(rows, HEAD_SCORES_DDL), options.output,
+                {MODEL: options.model, MODEL_REVISION: detection.revision, TOP_FRACTION: str(options.top_fraction),
+                 SAMPLES: str(detection.samples), CONTEXT_TOKENS: str(detection.context_tokens)})
 
 
 def report(options: DetectOptions, detection: Detection) -> None:
     from attention_influence.retrieval import RANDOM_DRAWS
 
     heads, accuracies, scores = detection.heads, detection.accuracies, detection.scores
-    print("selected heads (layer.head: retrieval score): " +
-          ", ".join(f"{l}.{h}: {scores[l, h]:.3f}" for l, h in heads))
-    print(f"retrieval-task accuracy (exact value, greedy, {detection.samples} samples): "
-          f"full {accuracies['accuracy_full']:.3f}, {len(heads)} selected heads masked "
-          f"{accuracies['accuracy_masked']:.3f}, {len(heads)} random heads masked "
-          f"{accuracies['accuracy_random_masked']:.3f} (mean of {RANDOM_DRAWS} draws; masking {options.masking})")
-    print(f"wrote {options.output}, {detection.heads_path}, {detection.plot_path}")
+    run_log.result("selected heads (layer.head: retrieval score): " +
+                   ", ".join(f"{l}.{h}: {scores[l, h]:.3f}" for l, h in heads))
+    run_log.result(f"retrieval-task accuracy (exact value, greedy, {detection.samples} samples): "
+                   f"full {accuracies['accuracy_full']:.3f}, {len(heads)} selected heads masked "
+                   f"{accuracies['accuracy_masked']:.3f}, {len(heads)} random heads masked "
+                   f"{accuracies['accuracy_random_masked']:.3f} (mean of {RANDOM_DRAWS} draws; masking "
+                   f"{options.masking})")
+    run_log.result(f"wrote {options.output}, {detection.heads_path}, {detection.plot_path}")
 
 
 def run(spark, options: DetectOptions) -> Detection:
@@ -224,10 +203,10 @@ def main(argv=None):
     """Flags -> options; Spark starts only once the model's work is done, to write the table."""
     options = parse_options(argv)
     detection = detect(options)
-    write_head_scores(get_spark("attention-influence-detect-heads"), options, detection)
+    write_head_scores(get_spark("attention-influence-detect-heads", (options.output,)), options, detection)
     report(options, detection)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(run_job(main))

@@ -9,57 +9,40 @@ rejected one adds `rejected_by` (the rule: `exact_duplicate`, `empty`, or a `gop
 
 from __future__ import annotations
 
-import os
+if __name__ == "__main__":  # run as a script: the repository, not this folder, first on sys.path
+    import _script_path  # noqa: F401
+
 import sys
-
-# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
-# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_jobs import common
-from spark_jobs.common import (JobError, check_table_name, get_spark, new_parser, options_from, parse_flags,
-                               quote_identifier, read_table, replace_table)
+from spark_jobs import run_log
+from spark_jobs.cli import Job, JobError, flag, run as run_job
+from spark_jobs.session import get_spark
+from spark_jobs.tables import check_table_name, quote_identifier, read_table, write_table
 
 DECIDE_SQL = Path(__file__).with_name("sql") / "filter_decide.sql"
 HELPER_COLUMNS = ("filter_id", "filter_text", "content_hash", "gopher_rule")
 ADDED_COLUMNS = ("rejected_by", "duplicate_of")
 
 
-def build_parser():
-    p = new_parser("Split a document table into kept and rejected rows: exact duplicates and Gopher's "
-                   "repetition rules (Rae et al. 2021, table A1).")
-    p.add_argument("--input", help="Delta path or catalog table of documents")
-    p.add_argument("--output", help="Delta path or catalog table of the kept documents (replaced)")
-    p.add_argument("--rejected", help="Delta path or catalog table of the rejected documents, with rejected_by (replaced)")
-    p.add_argument("--id-col", help="document id column (the smallest id of a duplicate group is kept)")
-    p.add_argument("--text-col", help="document text column")
-    return p
-
-
 @dataclass(frozen=True, kw_only=True)
 class FilterOptions:
-    """What one filter run needs; the flags of build_parser(), one field each (defaults: conf/filter.yaml)."""
+    """What one filter run needs: one field per flag (defaults: conf/filter.yaml)."""
 
-    input: str
-    output: str
-    rejected: str
-    id_col: str
-    text_col: str
-
-
-def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> FilterOptions:
-    """Options from flags over `--config` over `settings` over conf/filter.yaml (the edge of the job)."""
-    return options_from(FilterOptions, parse_flags("filter", build_parser(), argv, settings),
-                        ("input", "output", "rejected", "id_col", "text_col"))
+    input: str = flag("Delta path or catalog table of documents", required=True)
+    output: str = flag("Delta path or catalog table of the kept documents (replaced)", required=True)
+    rejected: str = flag("Delta path or catalog table of the rejected documents, with rejected_by (replaced)",
+                         required=True)
+    id_col: str = flag("document id column (the smallest id of a duplicate group is kept)", required=True)
+    text_col: str = flag("document text column", required=True)
 
 
-def options(**settings) -> FilterOptions:
-    """Options for a notebook or a test: conf/filter.yaml's defaults with `settings` over them."""
-    return parse_options([], settings)
+JOB = Job("filter", FilterOptions, "Split a document table into kept and rejected rows: exact duplicates and "
+                                   "Gopher's repetition rules (Rae et al. 2021, table A1).")
+build_parser = JOB.parser
+parse_options = JOB.parse
+options = JOB.options
 
 
 def check_input(documents, options: FilterOptions) -> None:
@@ -113,8 +96,8 @@ def run(spark, options: FilterOptions) -> dict[str, int]:
     try:
         counts = {row["outcome"]: row["count"] for row in
                   decided.groupBy(F.coalesce("rejected_by", F.lit("kept")).alias("outcome")).count().collect()}
-        replace_table(decided.where(F.col("rejected_by").isNull()).drop(*ADDED_COLUMNS), options.output)
-        replace_table(decided.where(F.col("rejected_by").isNotNull()), options.rejected)
+        write_table(decided.where(F.col("rejected_by").isNull()).drop(*ADDED_COLUMNS), options.output)
+        write_table(decided.where(F.col("rejected_by").isNotNull()), options.rejected)
     finally:
         decided.unpersist()
     report(options, counts)
@@ -124,18 +107,18 @@ def run(spark, options: FilterOptions) -> dict[str, int]:
 def report(options: FilterOptions, counts: dict[str, int]) -> None:
     total = sum(counts.values())
     kept = counts.get("kept", 0)
-    print(f"filtered {options.input}: {total} documents, {kept} kept -> {options.output}, "
-          f"{total - kept} rejected -> {options.rejected}")
+    run_log.result(f"filtered {options.input}: {total} documents, {kept} kept -> {options.output}, "
+                   f"{total - kept} rejected -> {options.rejected}")
     for rule, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
         if rule != "kept":
-            print(f"  {rule}: {count}")
+            run_log.result(f"  {rule}: {count}")
 
 
 def main(argv=None):
     options = parse_options(argv)
-    run(get_spark("attention-influence-filter"), options)
+    run(get_spark("attention-influence-filter", (options.input, options.output, options.rejected)), options)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(run_job(main))

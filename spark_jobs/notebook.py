@@ -16,7 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_jobs.common import CONF, REPO, _read_yaml, get_spark
+from spark_jobs.cli import CONF, REPO, read_yaml
+from spark_jobs.session import get_spark
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def in_repo(path: str) -> str:
 
 def job_defaults(job: str) -> dict:
     """The defaults of conf/<job>.yaml, the same the job's flags start from."""
-    return _read_yaml(CONF / f"{job}.yaml")
+    return read_yaml(CONF / f"{job}.yaml")
 
 
 def widgets(dbutils, defaults: dict) -> dict[str, str]:

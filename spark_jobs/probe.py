@@ -13,24 +13,22 @@ folder, never into the user's scored or selected tables, and removed afterwards.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a script: the repository, not this folder, first on sys.path
+    import _script_path  # noqa: F401
+
 import os
 import sys
-
-# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
-# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse
 import random
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_jobs import common, score
-from spark_jobs.common import (JobError, check_table_name, dumps, fraction, get_spark, is_path, new_parser,
-                               options_from, parse_flags, positive_int, quote_identifier, read_table, replace_table)
+from spark_jobs import run_log, score
+from spark_jobs.cli import Job, JobError, ScorerFlags, dumps, flag, fraction, positive_int, shared_fields
+from spark_jobs.cli import run as run_job
+from spark_jobs.session import get_spark
+from spark_jobs.tables import check_table_name, is_path, quote_identifier, read_table, write_table
 
 PLANTED_DDL = "id STRING, text STRING, domain STRING, probe_set STRING, is_probe BOOLEAN, source_id STRING"
 # The report's columns (created_at is added by Spark when the table is written).
@@ -40,75 +38,36 @@ REPORT_COLUMNS = [("probe_set", "STRING"), ("selector", "STRING"), ("fraction", 
 MAX_PROBE_ROWS = 100_000  # a probe table is collected on the driver
 
 
-def build_parser():
-    p = new_parser("Plant known documents among length-matched ones of your table, score them with your scorer "
-                   "(in a scratch folder), and report each selector's share of them in its top fraction.")
-    p.add_argument("--input", help="the user's documents (Delta path or catalog table): controls come from here")
-    p.add_argument("--model", help="the scorer's model (as score.py --model)")
-    p.add_argument("--heads", help="the scorer's heads JSON (as score.py --heads)")
-    p.add_argument("--output", help="Delta path or catalog table of the report (replaced); a path also gets <path>.png")
-    p.add_argument("--probes", help="'humaneval', or a Delta path / catalog table with id, text[, domain]; "
-                                    "comma-separated for several probe sets")
-    p.add_argument("--probe-domain", help="domain of --input the probes compete in, when a probe names none")
-    p.add_argument("--fraction", type=fraction, help="the top share each selector keeps")
-    p.add_argument("--controls-per-probe", type=positive_int, help="length-matched controls drawn per probe")
-    p.add_argument("--max-probes", type=positive_int, help="at most this many probes per set (seeded draw)")
-    p.add_argument("--pool", type=positive_int, help="candidate controls read and tokenized per domain (seeded draw)")
-    p.add_argument("--seed", type=int, help="seed of the draws, the random selector and the bootstrap")
-    p.add_argument("--resamples", type=positive_int, help="bootstrap resamples for the 95%% interval")
-    p.add_argument("--scratch", help="folder (or Delta path prefix) where the planted table is scored; "
-                                     "default a local temporary folder, removed afterwards")
-    p.add_argument("--id-col", help="id column of --input")
-    p.add_argument("--text-col", help="text column of --input")
-    p.add_argument("--domain-col", help="domain column of --input (optional there)")
-    p.add_argument("--revision", help="model revision on the hub (as score.py)")
-    p.add_argument("--max-seq-len", type=positive_int, help="as score.py")
-    p.add_argument("--masking", choices=["uniform", "zero-output"], help="as score.py")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="as score.py")
-    p.add_argument("--batch-tokens", type=positive_int, help="as score.py")
-    p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, help="as score.py")
-    p.add_argument("--allow-pickle-weights", action=argparse.BooleanOptionalAction, help="as score.py")
-    return p
-
-
 @dataclass(frozen=True, kw_only=True)
-class ProbeOptions:
-    """What one probe report needs; the flags of build_parser(), one field each (defaults: conf/probe.yaml)."""
+class ProbeOptions(ScorerFlags):
+    """What one probe report needs: the user's scorer (as score.py's flags) and one field per flag of its own
+    (defaults: conf/probe.yaml)."""
 
-    input: str
-    model: str
-    heads: str
-    output: str
-    probes: str
-    probe_domain: str | None
-    fraction: float
-    controls_per_probe: int
-    max_probes: int | None
-    pool: int
-    seed: int
-    resamples: int
-    scratch: str | None
-    id_col: str
-    text_col: str
-    domain_col: str
-    revision: str | None
-    max_seq_len: int | None
-    masking: str
-    dtype: str
-    batch_tokens: int | None
-    trust_remote_code: bool
-    allow_pickle_weights: bool
+    input: str = flag("the user's documents (Delta path or catalog table): controls come from here", required=True)
+    output: str = flag("Delta path or catalog table of the report (replaced); a path also gets <path>.png",
+                       required=True)
+    probes: str = flag("'humaneval', or a Delta path / catalog table with id, text[, domain]; comma-separated for "
+                       "several", required=True)
+    probe_domain: str | None = flag("domain of --input the probes compete in, when a probe names none")
+    fraction: float = flag("the top share each selector keeps", type=fraction)
+    controls_per_probe: int = flag("length-matched controls drawn per probe", type=positive_int)
+    max_probes: int | None = flag("at most this many probes per set (seeded draw)", type=positive_int)
+    pool: int = flag("candidate controls read and tokenized per domain (seeded draw)", type=positive_int)
+    seed: int = flag("seed of the draws, the random selector and the bootstrap", type=int, required=True)
+    resamples: int = flag("bootstrap resamples for the 95%% interval", type=positive_int)
+    scratch: str | None = flag("folder (or Delta path prefix) where the planted table is scored; default a new "
+                               "temporary folder, removed after")
+    id_col: str = flag("id column of --input")
+    text_col: str = flag("text column of --input")
+    domain_col: str = flag("domain column of --input (optional there)")
 
 
-def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> ProbeOptions:
-    """Options from flags over `--config` over `settings` over conf/probe.yaml (the edge of the job)."""
-    return options_from(ProbeOptions, parse_flags("probe", build_parser(), argv, settings),
-                        ("input", "model", "heads", "output", "probes", "seed"))
-
-
-def options(**settings) -> ProbeOptions:
-    """Options for a notebook or a test: conf/probe.yaml's defaults with `settings` over them."""
-    return parse_options([], settings)
+JOB = Job("probe", ProbeOptions, "Plant known documents among length-matched ones of your table, score them with "
+                                 "your scorer (in a scratch folder), and report each selector's share of them in "
+                                 "its top fraction.")
+build_parser = JOB.parser
+parse_options = JOB.parse
+options = JOB.options
 
 
 # ---------------------------------------------------------------- probe sets
@@ -233,11 +192,8 @@ def score_planted(spark, options: ProbeOptions, planted: Planted, scratch: str) 
     planted_path, scored_path = os.path.join(scratch, "planted"), os.path.join(scratch, "scored")
     spark.createDataFrame(planted.rows, PLANTED_DDL).write.format("delta").mode("overwrite").save(planted_path)
     score.run(spark, score.options(
-        input=planted_path, output=scored_path, model=options.model, heads=options.heads, mode="incremental",
-        id_col="id", text_col="text", domain_col="domain", carry_cols="*", revision=options.revision,
-        max_seq_len=options.max_seq_len, masking=options.masking, dtype=options.dtype,
-        batch_tokens=options.batch_tokens, trust_remote_code=bool(options.trust_remote_code),
-        allow_pickle_weights=bool(options.allow_pickle_weights)))
+        input=planted_path, output=scored_path, mode="incremental", id_col="id", text_col="text",
+        domain_col="domain", carry_cols="*", **shared_fields(options, ScorerFlags)))
     return (read_table(spark, scored_path)
             .select("id", "probe_set", "is_probe", "status", "attention_influence", "loss_full", "n_tokens", "scorer")
             .collect())
@@ -265,7 +221,7 @@ def write_report(spark, rows: list[dict], options: ProbeOptions) -> Path | None:
 
     frame = spark.createDataFrame([tuple(r[name] for name, _ in REPORT_COLUMNS) for r in rows],
                                   ", ".join(f"{name} {kind}" for name, kind in REPORT_COLUMNS))
-    replace_table(frame.withColumn("created_at", F.current_timestamp()), options.output,
+    write_table(frame.withColumn("created_at", F.current_timestamp()), options.output,
                   {"attention_influence.probe_config": dumps({
                       "input": options.input, "model": options.model, "heads": options.heads,
                       "probes": options.probes, "fraction": options.fraction, "seed": options.seed,
@@ -305,12 +261,13 @@ def plot_report(rows: list[dict], path: Path) -> None:
 
 
 def print_report(rows: list[dict], options: ProbeOptions, plot: Path | None) -> None:
-    print(f"probe report -> {options.output}" + (f" (plot {plot})" if plot else ""))
+    run_log.result(f"probe report -> {options.output}" + (f" (plot {plot})" if plot else ""))
     for r in rows:
-        print(f"  {r['probe_set']} {r['selector']}: {r['share_in_top']:.3f} of the top {r['fraction']:g} "
-              f"({r['top']} documents) are probes, base rate {r['base_rate']:.3f}, "
-              f"95% CI [{r['ci_low']:.3f}, {r['ci_high']:.3f}]; {r['probes']} probes, {r['controls']} controls"
-              + (f", {r['dropped_probes']} probes without a length match" if r["dropped_probes"] else ""))
+        run_log.result(f"  {r['probe_set']} {r['selector']}: {r['share_in_top']:.3f} of the top {r['fraction']:g} "
+                       f"({r['top']} documents) are probes, base rate {r['base_rate']:.3f}, "
+                       f"95% CI [{r['ci_low']:.3f}, {r['ci_high']:.3f}]; {r['probes']} probes, "
+                       f"{r['controls']} controls"
+                       + (f", {r['dropped_probes']} probes without a length match" if r["dropped_probes"] else ""))
 
 
 def run(spark, options: ProbeOptions) -> list[dict]:
@@ -341,9 +298,10 @@ def run(spark, options: ProbeOptions) -> list[dict]:
 
 def main(argv=None):
     options = parse_options(argv)
-    run(get_spark("attention-influence-probe"), options)
+    probe_tables = [ref for ref in options.probes.split(",") if ref.strip() and ref.strip() != "humaneval"]
+    run(get_spark("attention-influence-probe", (options.input, options.output, *probe_tables)), options)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(run_job(main))

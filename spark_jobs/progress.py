@@ -3,18 +3,29 @@
 Scoring is one Spark stage; its console bar counts tasks, which says little when a task runs for
 minutes. A daemon thread prints one line every few seconds:
 
-    slice 1: 40/90 documents (44%), about 18344 tokens, 3/8 tasks, 1530 tokens/s, ETA 33s
+    slice 1: 40/90 documents (44%), about 18344 tokens, 3/8 tasks, 52% scored, 1530 tokens/s, ETA 33s
 
 Where the numbers come from depends on the session:
 
-* Classic: documents are counted inside running tasks. The scoring function yields the rows of the
-  documents it has finished every few seconds of work (`udfs.influence.PART_SECONDS`), the job makes
-  the Python worker hand each part to the JVM at once (`LIVE_OUTPUT_SETTINGS`), and executor
-  heartbeats carry the scoring operator's output rows
-  (a SQL metric) to the driver's status store, where this thread reads them. Two accumulators add
-  each task's exact documents and tokens when the task ends (Python workers send accumulators only
-  then); tokens of documents still in flight are estimated from those at the finished tasks' rate,
-  hence "about". Before any task ends, the rate is in documents per second.
+* Classic: counted inside running tasks, from two SQL metrics that executor heartbeats carry to the
+  driver's status store, where this thread reads them (Python accumulators reach the driver only
+  when a task ends):
+  - Every few seconds of work (`udfs.influence.PART_SECONDS`) the scoring function yields the rows
+    of the documents it has finished and *progress rows* for the work done since the last part, one
+    per document's worth (`udfs.influence.score_pooled`): a pool is worth its rows in all, a
+    document without windows at once, the others in proportion to the window tokens scored. A long
+    document's windows are spread over its pool's length-sorted batches, so it is finished only
+    near the pool's end; its work shows as it is done.
+  - `udfs.influence.score_documents` drops the progress rows by a filter right above the
+    MapInPandas node. The filter's output rows are the documents finished; the MapInPandas node's
+    output rows less those are the work done in documents' worth: "52% scored" (of the slice's
+    documents), documents/s and the ETA come from it. Work counted in tokens would leave the total
+    unknown until tasks end: one row count is all a running task can report besides its documents,
+    and in documents the driver knows the total.
+  - The job makes the Python worker hand each part to the JVM at once (`LIVE_OUTPUT_SETTINGS`).
+  - Two accumulators add each task's exact documents and tokens when the task ends; tokens of the
+    work in flight are estimated at the finished tasks' tokens per document, hence "about". Until a
+    task has ended, the rate is in documents per second.
 * Spark Connect: no accumulators and no status store on this side. The session's progress handler
   reports the stage's finished tasks; documents are estimated from them (the scoring tasks hold
   equal shares of the slice), tokens are counted when the slice is committed.
@@ -29,6 +40,8 @@ import threading
 import time
 import uuid
 
+from spark_jobs import run_log
+
 # Session settings while a scoring stage runs (classic sessions): the Python worker's socket buffer at a
 # few bytes, so each batch of scored rows reaches the JVM when the function yields it (with Spark's 64 KiB
 # default it sat there until the buffer filled, often until the task ended). Its cost is a few more
@@ -36,6 +49,7 @@ import uuid
 LIVE_OUTPUT_SETTINGS = {"spark.sql.execution.pandas.udf.buffer.size": "64"}
 LIVE_ROWS_METRIC = "number of output rows"
 SCORING_NODE = "MapInPandas"
+PROGRESS_FILTER_NODE = "Filter"  # right above the scoring node: drops its progress rows
 
 
 def format_seconds(seconds: float) -> str:
@@ -48,10 +62,13 @@ def format_seconds(seconds: float) -> str:
 
 
 class _Counts:
-    """What a source knows now: documents done (live where it can), and exact figures of finished tasks."""
+    """What a source knows now: documents done and work done (live where it can), and exact figures of
+    finished tasks."""
 
-    def __init__(self, documents=0, finished_documents=0, finished_tokens=0, tasks=None, estimated=False):
+    def __init__(self, documents=0, finished_documents=0, finished_tokens=0, tasks=None, estimated=False,
+                 work=0):
         self.documents = documents                    # done, counted inside running tasks where possible
+        self.work = work                              # documents' worth scored, inside running tasks
         self.finished_documents = finished_documents  # of finished tasks (exact)
         self.finished_tokens = finished_tokens        # of finished tasks (exact)
         self.tasks = tasks                            # (finished, total) of the scoring stage, or None
@@ -84,36 +101,25 @@ class ClassicSource:
 
     def counts(self) -> _Counts:
         finished_documents, finished_tokens = self.documents.value, self.tokens.value
-        live = self._live_rows()
-        return _Counts(max(finished_documents, live), finished_documents, finished_tokens, self._tasks())
+        documents, work = self._live_rows()
+        return _Counts(max(finished_documents, documents), finished_documents, finished_tokens, self._tasks(),
+                       work=work)
 
-    def _live_rows(self) -> int:
-        """Output rows of the scoring operator in the running execution tagged by this source."""
+    def _live_rows(self) -> tuple[int, int]:
+        """(documents, documents' worth of work) done in the running execution tagged by this source."""
         try:
             store = self.spark._jsparkSession.sharedState().statusStore()
             count = store.executionsCount()
-            rows = 0
+            documents = work = 0
             executions = store.executionsList(max(0, count - 16), 16).iterator()
             while executions.hasNext():
                 execution = executions.next()
-                if execution.description() != self.tag:
-                    continue
-                values = store.executionMetrics(execution.executionId())
-                nodes = store.planGraph(execution.executionId()).allNodes().iterator()
-                while nodes.hasNext():
-                    node = nodes.next()
-                    if node.name() != SCORING_NODE:
-                        continue
-                    metrics = node.metrics().iterator()
-                    while metrics.hasNext():
-                        metric = metrics.next()
-                        if metric.name() == LIVE_ROWS_METRIC:
-                            value = values.get(metric.accumulatorId())
-                            if value.isDefined():
-                                rows += _metric_number(value.get())
-            return rows
+                if execution.description() == self.tag:
+                    rows = _scoring_rows(store, execution.executionId())
+                    documents, work = documents + rows[0], work + rows[1]
+            return documents, work
         except Exception:  # noqa: BLE001 - live rows are a refinement; the accumulators still count
-            return 0
+            return 0, 0
 
     def _tasks(self):
         tracker = self.context.statusTracker()
@@ -123,6 +129,37 @@ class ClassicSource:
             if info is not None:
                 finished, total = max((finished, total), (info.numCompletedTasks, info.numTasks), key=lambda t: t[1])
         return (finished, total) if total else None
+
+
+def _scoring_rows(store, execution_id) -> tuple[int, int]:
+    """(documents, documents' worth of work) of one execution: the output rows of the filter right above
+    the scoring node, and the progress rows it dropped (the scoring node's output rows less its own). A
+    scoring node without that filter counts documents only."""
+    graph = store.planGraph(execution_id)
+    values = store.executionMetrics(execution_id)
+    rows = {}  # node id -> (node name, output rows so far; none reported yet is 0)
+    nodes = graph.allNodes().iterator()
+    while nodes.hasNext():
+        node = nodes.next()
+        metrics = node.metrics().iterator()
+        while metrics.hasNext():
+            metric = metrics.next()
+            if metric.name() == LIVE_ROWS_METRIC:
+                value = values.get(metric.accumulatorId())
+                rows[node.id()] = (node.name(), _metric_number(value.get()) if value.isDefined() else 0)
+    parent = {}
+    edges = graph.edges().iterator()
+    while edges.hasNext():
+        edge = edges.next()
+        parent[edge.fromId()] = edge.toId()  # from a node to the one that reads its output
+    documents = work = 0
+    for node_id, (name, output) in rows.items():
+        if name != SCORING_NODE:
+            continue
+        above = rows.get(parent.get(node_id))
+        kept = above[1] if above and above[0] == PROGRESS_FILTER_NODE else output
+        documents, work = documents + kept, work + output - kept
+    return documents, work
 
 
 def _metric_number(text: str) -> int:
@@ -175,7 +212,7 @@ class Progress:
 
     def __init__(self, spark, total_documents: int, interval: float | None = None, stream=None,
                  label: str = "progress"):
-        from spark_jobs.common import is_connect
+        from spark_jobs.session import is_connect
 
         self.source = ConnectSource(spark, total_documents) if is_connect(spark) else ClassicSource(spark, label)
         self.total_documents = total_documents
@@ -199,31 +236,34 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.time() - self._started, 1e-9) if self._started else 0.0
         counts = self.source.counts()
-        done = min(counts.documents, self.total_documents) if self.total_documents else counts.documents
+        total = self.total_documents
+        done = min(counts.documents, total) if total else counts.documents
+        work = max(done, min(counts.work, total) if total else counts.work)  # documents' worth scored
         about = "about " if counts.estimated else ""
-        parts = [f"{about}{done}/{self.total_documents} documents"
-                 + (f" ({100 * done / self.total_documents:.0f}%)" if self.total_documents else "")]
+        parts = [f"{about}{done}/{total} documents" + (f" ({100 * done / total:.0f}%)" if total else "")]
         tokens = None
         if counts.finished_documents:
-            in_flight = max(0, done - counts.finished_documents)
+            in_flight = max(0, work - counts.finished_documents)
             tokens = counts.finished_tokens + round(in_flight * counts.finished_tokens / counts.finished_documents)
             parts.append(f"{'about ' if in_flight else ''}{tokens} tokens")
         if counts.tasks:
             parts.append(f"{counts.tasks[0]}/{counts.tasks[1]} tasks")
+        if total and work > done:
+            parts.append(f"{100 * work / total:.0f}% scored")
         if elapsed and tokens is not None:
             parts.append(f"{tokens / elapsed:.0f} tokens/s")
-        elif elapsed and done:
-            parts.append(f"{done / elapsed:.2f} documents/s")
-        if done and elapsed and self.total_documents > done:
-            parts.append("ETA " + format_seconds(elapsed * (self.total_documents - done) / done))
-        elif not done:
+        elif elapsed and work:
+            parts.append(f"{work / elapsed:.2f} documents/s")
+        if work and elapsed and total > work:
+            parts.append("ETA " + format_seconds(elapsed * (total - work) / work))
+        elif not work:
             parts.append(f"{format_seconds(elapsed)} elapsed")
         return f"{self.label}: " + ", ".join(parts)
 
     def _run(self):
         while not self._stop.wait(self.interval):
             try:
-                print(self.line(), file=self.stream, flush=True)
+                run_log.say(self.line(), self.stream)
             except Exception:  # noqa: BLE001 - the session may be stopping; progress is best effort
                 return
 

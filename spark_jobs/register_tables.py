@@ -9,54 +9,50 @@ rerun after the folders are rewritten changes nothing (the catalog reads the lat
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a script: the repository, not this folder, first on sys.path
+    import _script_path  # noqa: F401
+
 import os
 import sys
+from dataclasses import dataclass, replace
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-from dataclasses import dataclass
-
-from spark_jobs import common
-from spark_jobs.common import (JobError, catalog_name, get_spark, new_parser, options_from, parse_flags,
-                               register_delta_table)
-
-
-def build_parser():
-    p = new_parser("Register the Delta tables under --root by name in the catalog (external tables).")
-    p.add_argument("--root", help="folder with one Delta table per name")
-    p.add_argument("--database", help="catalog database (schema) to register them in")
-    p.add_argument("--tables", help="comma-separated table names (= folder names under --root)")
-    return p
+from spark_jobs import run_log
+from spark_jobs.cli import Job, JobError, flag, run as run_job
+from spark_jobs.session import get_spark
+from spark_jobs.tables import catalog_name, register_delta_table
 
 
 @dataclass(frozen=True, kw_only=True)
 class RegisterOptions:
-    """The flags of build_parser() (defaults: conf/register_tables.yaml); `tables` as a tuple of names."""
+    """One field per flag (defaults: conf/register_tables.yaml); `tables` becomes a tuple of names."""
 
-    root: str
-    database: str
-    tables: tuple[str, ...]
+    root: str = flag("folder with one Delta table per name")
+    database: str = flag("catalog database (schema) to register them in")
+    tables: tuple[str, ...] = flag("comma-separated table names (= folder names under --root)")
 
 
-def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> RegisterOptions:
-    """Options from flags over `--config` over `settings` over conf/register_tables.yaml; every name is
-    checked here, before anything is registered."""
-    flags = parse_flags("register_tables", build_parser(), argv, settings)
-    flags.tables = tuple(n.strip() for n in (flags.tables or "").split(",") if n.strip())
-    if not flags.tables:
+def check_names(options: RegisterOptions) -> RegisterOptions:
+    """Every name checked before anything is registered."""
+    tables = tuple(n.strip() for n in (options.tables or "").split(",") if n.strip())
+    if not tables:
         raise JobError("--tables is empty")
-    options = options_from(RegisterOptions, flags)
-    for name in options.tables:
+    for name in tables:
         catalog_name(f"{options.database}.{name}")
-    return options
+    return replace(options, tables=tables)
+
+
+JOB = Job("register_tables", RegisterOptions,
+          "Register the Delta tables under --root by name in the catalog (external tables).", check=check_names)
+build_parser = JOB.parser
+parse_options = JOB.parse
+options = JOB.options
 
 
 def run(spark, options: RegisterOptions) -> None:
     for name in options.tables:
         path = os.path.join(options.root, name)
         outcome = register_delta_table(spark, f"{options.database}.{name}", path)
-        print(f"{options.database}.{name} -> {os.path.abspath(path)} ({outcome})")
+        run_log.result(f"{options.database}.{name} -> {os.path.abspath(path)} ({outcome})")
 
 
 def main(argv=None):
@@ -66,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(run_job(main))

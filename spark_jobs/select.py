@@ -5,21 +5,18 @@
 
 from __future__ import annotations
 
-import os
+if __name__ == "__main__":  # run as a script: the repository, not this folder, first on sys.path
+    import _script_path  # noqa: F401
+
 import sys
-
-# Run as `python spark_jobs/<job>.py`, this folder would come first on sys.path and
-# spark_jobs/select.py would shadow the standard library's `select`: put the repository there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from spark_jobs import common, table_contract
-from spark_jobs.common import (JobError, fraction, get_spark, new_parser, options_from, parse_flags, positive_int,
-                               quote_identifier, read_table, run_sql, table_exists, table_properties,
-                               v2_name)
+from spark_jobs import run_log
+from spark_jobs.cli import Job, JobError, flag, fraction, positive_int, run as run_job
+from spark_jobs.session import get_spark, run_sql
+from spark_jobs.tables import (DOMAIN_COL, ID_COL, INPUT, quote_identifier, read_table, table_exists,
+                               table_properties, v2_name)
 
 SELECT_TOP_SQL = Path(__file__).with_name("sql") / "select_top.sql"
 SELECT_CANDIDATES_SQL = Path(__file__).with_name("sql") / "select_candidates.sql"
@@ -27,53 +24,34 @@ SELECT_CANDIDATES_SQL = Path(__file__).with_name("sql") / "select_candidates.sql
 # substituted as constants; conf/spark/*.conf set it, and the job sets it for its own query only.
 
 
-def build_parser():
-    p = new_parser("Keep the documents with the highest attention_influence, per domain by default.")
-    p.add_argument("--input", help="scored Delta path or catalog table")
-    p.add_argument("--output", help="Delta path or catalog table for the selection (replaced atomically)")
-    p.add_argument("--fraction", type=fraction, help="share of each domain's ok documents to keep")
-    p.add_argument("--token-budget", type=positive_int, help="keep this many tokens instead of a fraction")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--by-domain", dest="by_domain", action="store_true", help="rank within each domain")
-    group.add_argument("--global", dest="by_domain", action="store_false", help="rank over the whole table")
-    p.add_argument("--min-tokens", type=int, help="shorter documents are not candidates")
-    p.add_argument("--id-col", help="id column (default: as recorded by score.py)")
-    p.add_argument("--domain-col", help="domain column (default: as recorded by score.py)")
-    return p
-
-
 @dataclass(frozen=True, kw_only=True)
 class SelectOptions:
-    """What one selection needs; the flags of build_parser(), one field each (defaults: conf/select.yaml).
+    """What one selection needs: one field per flag (defaults: conf/select.yaml).
 
     `id_col` and `domain_col` may be None: the columns score.py recorded in the table are used.
     """
 
-    input: str
-    output: str
-    fraction: float
-    token_budget: int | None
-    by_domain: bool
-    min_tokens: int | None
-    id_col: str | None
-    domain_col: str | None
+    input: str = flag("scored Delta path or catalog table", required=True)
+    output: str = flag("Delta path or catalog table for the selection (replaced atomically)", required=True)
+    fraction: float = flag("share of each domain's ok documents to keep", type=fraction)
+    token_budget: int | None = flag("keep this many tokens instead of a fraction", type=positive_int)
+    by_domain: bool = flag("rank within each domain (--global: over the whole table)", off="--global")
+    min_tokens: int | None = flag("shorter documents are not candidates", type=int)
+    id_col: str | None = flag("id column (default: as recorded by score.py)")
+    domain_col: str | None = flag("domain column (default: as recorded by score.py)")
 
 
-def parse_options(argv: list[str] | None = None, settings: dict | None = None) -> SelectOptions:
-    """Options from flags over `--config` over `settings` over conf/select.yaml (the edge of the job)."""
-    return options_from(SelectOptions, parse_flags("select", build_parser(), argv, settings), ("input", "output"))
-
-
-def options(**settings) -> SelectOptions:
-    """Options for a notebook or a test: conf/select.yaml's defaults with `settings` over them."""
-    return parse_options([], settings)
+JOB = Job("select", SelectOptions, "Keep the documents with the highest attention_influence, per domain by default.")
+build_parser = JOB.parser
+parse_options = JOB.parse
+options = JOB.options
 
 
 def with_recorded_columns(spark, options: SelectOptions) -> SelectOptions:
     """The id and domain columns: as given, else as score.py recorded them, else `id` and `domain`."""
     recorded = table_properties(spark, options.input) if table_exists(spark, options.input) else {}
-    return replace(options, id_col=options.id_col or recorded.get(table_contract.ID_COL, "id"),
-                   domain_col=options.domain_col or recorded.get(table_contract.DOMAIN_COL, "domain"))
+    return replace(options, id_col=options.id_col or recorded.get(ID_COL, "id"),
+                   domain_col=options.domain_col or recorded.get(DOMAIN_COL, "domain"))
 
 
 def select_top(spark, scored, options: SelectOptions):
@@ -121,9 +99,12 @@ def input_columns(spark, scored, options: SelectOptions):
     the selection's outer join drops at planning. So the selection keeps every column of the input."""
     from pyspark.sql import functions as F
 
-    recorded = table_properties(spark, options.input).get(table_contract.INPUT) if table_exists(
+    recorded = table_properties(spark, options.input).get(INPUT) if table_exists(
         spark, options.input) else None
-    if recorded and table_exists(spark, recorded):
+    if recorded and not table_exists(spark, recorded):
+        run_log.warn(f"{recorded}, the input score.py recorded for {options.input}, is not readable here: the "
+                     f"selection has the scored table's columns only")
+    elif recorded:
         documents = read_table(spark, recorded)
         missing = [c for c in documents.columns if c not in scored.columns and c != options.id_col]
         if missing and options.id_col in documents.columns:
@@ -157,17 +138,18 @@ def report(spark, options: SelectOptions, scored) -> None:
     candidates = scored.where(F.col("status") == "ok")
     counts = result.groupBy(*by_group).agg(F.count("*").alias("selected"), F.sum("n_tokens").alias("tokens"))
     totals = dict(candidates.groupBy(*by_group).count().collect()) if group else {None: candidates.count()}
-    print(f"selected from {options.input} -> {options.output}")
+    run_log.result(f"selected from {options.input} -> {options.output}")
     for row in counts.orderBy(*(by_group or ["selected"])).collect():
         key = row[group] if group else None
-        print(f"  {key or 'all'}: {row['selected']} of {totals.get(key, 0)} ok documents, {row['tokens']} tokens")
+        run_log.result(f"  {key or 'all'}: {row['selected']} of {totals.get(key, 0)} ok documents, "
+                       f"{row['tokens']} tokens")
     top = result.where(F.col("rank_in_domain") <= 2).orderBy(*by_group, "rank_in_domain")
     text_col = "text" if "text" in result.columns else None
-    print("top documents:")
+    run_log.result("top documents:")
     for row in top.collect():
         snippet = " ".join(str(row[text_col]).split())[:70] if text_col else ""
-        print(f"  {row[group] if group else 'all'} #{row['rank_in_domain']} {row[options.id_col]} "
-              f"attention_influence={row['attention_influence']:.4f} {snippet}")
+        run_log.result(f"  {row[group] if group else 'all'} #{row['rank_in_domain']} {row[options.id_col]} "
+                       f"attention_influence={row['attention_influence']:.4f} {snippet}")
 
 
 def run(spark, options: SelectOptions) -> None:
@@ -180,9 +162,9 @@ def run(spark, options: SelectOptions) -> None:
 
 def main(argv=None):
     options = parse_options(argv)
-    run(get_spark("attention-influence-select"), options)
+    run(get_spark("attention-influence-select", (options.input, options.output)), options)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(run_job(main))

@@ -6,7 +6,7 @@ rescans the whole input, and the query's checkpoint (under `--state-dir`) rememb
 files are done. A micro-batch whose files all held nothing committed when the run was planned
 (fresh) is cut into slices of about `--slice-documents` documents (by a hash of the id) and each
 slice is scored and appended in one Delta commit, guarded by Delta's application transactions
-(slice_commits.py): no slice reads the output. Any other micro-batch keeps only the documents the
+(scores_table.py): no slice reads the output. Any other micro-batch keeps only the documents the
 output does not already hold for this scorer (an anti-join against the output) and MERGEs them.
 A batch replayed after a crash between its commit and the checkpoint's commit is not fresh, finds
 its documents committed and scores nothing; a concurrent writer's commit ends the appends, and its
@@ -17,7 +17,7 @@ of the input that were rewritten (updates, overwrites: `skipChangeCommits` skips
 `--retry-errors`, or a checkpoint that could not be resumed. It is sliced too (by the id's hash;
 each slice then rescans the input, the price of the rare case).
 
-`--watch` runs rounds of the same until stopped: a round starts when the input's Delta version
+`--watch` runs rounds of the same until stopped (watch.py): a round starts when the input's Delta version
 moves, and takes the full anti-join as well when a commit since the last round was not a blind append.
 
 Stops: the first SIGTERM or Ctrl-C lets the slice in flight commit, then ends the run with one
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,9 +36,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Callable
 
-from spark_jobs.common import Stopped, first_line, is_connect, is_path, quote_identifier, v2_name
+from attention_influence.errors import first_line
+from spark_jobs import run_log
+from spark_jobs.cli import Stopped
 from spark_jobs.progress import format_seconds
-from spark_jobs.slice_commits import latest_version
+from spark_jobs.scores_table import ScoresTable
+from spark_jobs.session import is_connect, loggers_off, release
+from spark_jobs.tables import is_path, quote_identifier
 
 STOP_MARKER = "attention-influence-stop-at-slice-boundary"
 FIRST_SLICE_DOCUMENTS_PER_SLOT = 32  # --slice-documents auto: the first slice, before a rate is measured
@@ -58,11 +61,10 @@ class StopSignal:
     def request(self, what: str = "stop requested") -> None:
         if self.requested:
             self.immediate = True
-            print(f"{what} again: stopping now; the slice in flight is not committed", file=sys.stderr, flush=True)
+            run_log.say(f"{what} again: stopping now; the slice in flight is not committed")
         else:
             self.requested = True
-            print(f"{what}: stopping after the slice in flight is committed (again to stop at once)",
-                  file=sys.stderr, flush=True)
+            run_log.say(f"{what}: stopping after the slice in flight is committed (again to stop at once)")
         self.event.set()
 
     @contextmanager
@@ -98,12 +100,9 @@ class SliceWork:
 
     spark: object
     source: str            # the input table (path or name)
-    target: str            # the Delta table the slices are committed into
+    table: ScoresTable     # where the slices are committed, and what it already holds
     id_col: str
-    not_committed: Callable  # DataFrame of documents -> those without a current score in `target`
-    score: Callable          # (documents, count, slice number) -> (scored rows, persisted; [(status, docs, tokens)])
-    commit: Callable         # (scored rows[, True for a fresh slice]) -> committed once (slice_commits.py)
-    release: Callable        # scored rows -> their storage freed
+    score: Callable        # (documents, count, slice number) -> (scored rows, checkpointed; [(status, docs, tokens)])
     checkpoint: str          # the stream's checkpoint location
     slice_documents: int | None  # None: auto, sized to `slice_seconds` of measured work
     slice_seconds: float
@@ -113,7 +112,6 @@ class SliceWork:
     committed_before: int    # of them already committed for this scorer when the run started
     to_score: int            # of them left to score
     stop: StopSignal
-    appending: Callable = lambda: False  # whether a fresh slice is committed without an anti-join now
     fresh_files: frozenset = frozenset()  # input files (by name) with nothing committed when the run was planned
 
 
@@ -141,9 +139,9 @@ class Slicer:
         scored, stats = self.work.score(documents, count, self.slices + 1)
         try:
             if stats:
-                self.work.commit(scored, True) if fresh else self.work.commit(scored)
+                self.work.table.commit(scored, fresh)
         finally:
-            self.work.release(scored)
+            release(scored)
         seconds = time.time() - started
         if not stats:  # an empty hash bucket
             return
@@ -157,10 +155,9 @@ class Slicer:
         elapsed = time.time() - self.started
         remaining = max(0, self.work.to_score - self.documents)
         eta = f", ETA {format_seconds(elapsed * remaining / self.documents)}" if remaining and self.documents else ""
-        print(f"slice {self.slices}: {done} documents, {tokens} tokens in {seconds:.1f}s "
-              f"({tokens / seconds if seconds else 0:.0f} tokens/s), committed; total committed "
-              f"{committed}/{self.work.total} ({100 * committed / max(1, self.work.total):.0f}%){eta}",
-              file=sys.stderr, flush=True)
+        run_log.say(f"slice {self.slices}: {done} documents, {tokens} tokens in {seconds:.1f}s "
+                    f"({tokens / seconds if seconds else 0:.0f} tokens/s), committed; total committed "
+                    f"{committed}/{self.work.total} ({100 * committed / max(1, self.work.total):.0f}%){eta}")
         if self.auto and done and seconds > 0:
             wanted = int(done / seconds * self.work.slice_seconds)
             self.slice_documents = max(MIN_SLICE_DOCUMENTS, min(wanted, 4 * self.slice_documents))
@@ -171,20 +168,20 @@ class Slicer:
         A round counts what is left (the anti-join), cuts it into k buckets by the id's hash, k from
         the slice size, and commits one slice per bucket; each slice's anti-join runs anew, so a
         slice another writer committed meanwhile is skipped. The next round finds nothing left.
-        `fresh` documents (from input files that held nothing committed, see slice_commits.py) skip the
+        `fresh` documents (from input files that held nothing committed, see scores_table.py) skip the
         anti-join while the committer appends: none of them can be in the output unless another
         writer put it there, and then the append does not land and the slice is MERGEd instead.
         """
         from pyspark.sql import functions as F
 
         id_hash = F.xxhash64(F.col(quote_identifier(self.work.id_col)))
-        if fresh and self.work.appending():
+        if fresh and self.work.table.appending:
             left = documents.count() if count is None else count
             buckets = max(1, math.ceil(left / self.slice_documents))
             for bucket in range(buckets):
                 if bucket:
                     self._check_stop()
-                if not self.work.appending():  # another writer came: the anti-join finds what is left
+                if not self.work.table.appending:  # another writer came: the anti-join finds what is left
                     break
                 piece = documents if buckets == 1 else documents.where(F.pmod(id_hash, F.lit(buckets)) == bucket)
                 self.commit_slice(piece, math.ceil(left / buckets), fresh=True)
@@ -192,7 +189,7 @@ class Slicer:
                 return
         while True:
             self._check_stop()
-            todo = self.work.not_committed(documents)
+            todo = self.work.table.not_committed(documents)
             left = todo.count()
             if not left:
                 return
@@ -267,7 +264,7 @@ class Slicer:
                 self._error = exc
                 raise
 
-        with quiet_stream_log(spark):
+        with loggers_off(spark, STREAM_LOGGERS):
             return self._await(stream, process)
 
     def _await(self, stream, process) -> str:
@@ -296,8 +293,8 @@ class Slicer:
         if isinstance(error, _StopAtBoundary):
             if "restart" in str(error):
                 self.restarts += 1
-                print(f"slices now about {self.slice_documents} documents (measured); restarting the stream with "
-                      f"{self._max_files()} input files per micro-batch", file=sys.stderr, flush=True)
+                run_log.say(f"slices now about {self.slice_documents} documents (measured); restarting the stream "
+                            f"with {self._max_files()} input files per micro-batch")
                 return "restart"
             raise Stopped(self.stopped_line())
         if error is not None:
@@ -306,8 +303,8 @@ class Slicer:
             failure = query.exception()
         if failure is None:
             return "done"
-        print(f"warning: the stream over {self.work.source} stopped ({first_line(failure)[:300]}); "
-              f"restarting it, then a full comparison of the input and the output", file=sys.stderr, flush=True)
+        run_log.warn(f"the stream over {self.work.source} stopped ({first_line(failure)[:300]}); "
+                     f"restarting it, then a full comparison of the input and the output")
         return "failed"
 
     # ------------------------------------------------------------ Spark Connect: the input's files
@@ -356,82 +353,6 @@ class Slicer:
                 f"{self.work.total} documents committed for this scorer; rerun the same command to resume")
 
 
+# Spark logs a query this job ends (a stop at a slice boundary, a task that failed every attempt, a commit
+# lost to other writers) at ERROR with a Python traceback; the job reports each of these in one line.
 STREAM_LOGGERS = ("org.apache.spark.sql.execution.streaming",)
-
-
-@contextmanager
-def quiet_stream_log(spark):
-    """Spark's own log of the stream off while it runs, then as it was.
-
-    A query this job ends (a stop at a slice boundary, a task that failed every attempt, a commit
-    lost to other writers) is logged by Spark at ERROR with a Python traceback; the job reports
-    each of these itself in one line. Classic sessions only (a Connect server's log is its own).
-    """
-    levels = {}
-    try:
-        jvm = spark.sparkContext._jvm
-        configurator = jvm.org.apache.logging.log4j.core.config.Configurator
-        for name in STREAM_LOGGERS:
-            levels[name] = jvm.org.apache.logging.log4j.LogManager.getLogger(name).getLevel()
-            configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.OFF)
-    except Exception:  # noqa: BLE001 - no JVM here (Spark Connect) or another logging backend
-        levels = {}
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            with suppress(Exception):
-                configurator.setLevel(name, level)
-
-
-# ---------------------------------------------------------------- the input's history
-
-def changes_since(spark, source: str, version: int) -> list[tuple[int, str]]:
-    """Commits after `version` that were not blind appends (and changed data): (version, operation)."""
-    from pyspark.sql import functions as F
-
-    rows = spark.sql(f"DESCRIBE HISTORY {v2_name(source)}").where(F.col("version") > F.lit(int(version))).collect()
-    return sorted((int(r["version"]), r["operation"]) for r in rows
-                  if not r["isBlindAppend"] and r["operation"] not in ("OPTIMIZE", "VACUUM START", "VACUUM END",
-                                                                       "SET TBLPROPERTIES"))
-
-
-# ---------------------------------------------------------------- --watch
-
-COMPACT_AFTER_SLICES = 8  # a run (or a --watch round) that committed more slices than this ends with OPTIMIZE
-
-
-def watch(slicer: Slicer, read_input: Callable, interval: float, compact: Callable) -> None:
-    """Rounds of stream + (when needed) full comparison each time the input's version moves, until stopped.
-
-    Documents appended to the input are scored by the stream within a round; a commit that rewrote
-    the input (an overwrite, an update, a delete) is named in one line and followed by the full
-    comparison, which scores the ids that are new after it (ids already scored keep their scores).
-    """
-    work = slicer.work
-    last = None
-    while True:
-        version = latest_version(work.spark, work.source)
-        if version != last:
-            full = last is None
-            if last is not None:
-                changes = changes_since(work.spark, work.source, last)
-                if changes:
-                    full = True
-                    print(f"input {work.source} was rewritten at version(s) "
-                          f"{', '.join(f'{v} ({op})' for v, op in changes[:5])}: new ids are found by a full "
-                          f"comparison; ids already scored keep their scores", file=sys.stderr, flush=True)
-            slices_before = slicer.slices
-            work.total = read_input().count()
-            work.to_score = max(0, work.total - work.committed_before)
-            if not slicer.run_stream():
-                full = True
-            if full:
-                slicer.commit_remaining(read_input)
-            if slicer.slices - slices_before > COMPACT_AFTER_SLICES:
-                compact()
-            last = version
-            print(f"watching {work.source} (version {version}): {work.committed_before + slicer.documents} "
-                  f"documents committed for this scorer; next look in {interval:g}s", file=sys.stderr, flush=True)
-        if work.stop.event.wait(interval):
-            raise Stopped(slicer.stopped_line())

@@ -10,18 +10,15 @@ configuration) and Delta's jars already resolved. Arguments are passed through u
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a script: the repository, not this folder, first on sys.path
+    import _script_path  # noqa: F401
+
 import os
+import subprocess
 import sys
+import tempfile
 
-# Run as a script, this folder would come first on sys.path and spark_jobs/select.py would shadow
-# the standard library's `select` (which subprocess imports): put the repository there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-
-from spark_jobs.common import local_properties  # noqa: E402
+from spark_jobs.local_profile import local_properties
 
 
 def launcher() -> str:

@@ -22,7 +22,7 @@ os.environ.setdefault("ATTENTION_INFLUENCE_PART_SECONDS", "2")
 def spark_profile(tmp_path_factory) -> Path:
     """The suite's Spark profile (conf/spark/local.conf, two cores, a private catalog and warehouse),
     set for every test, so job subprocesses started by tests use it too."""
-    from spark_jobs.common import LOCAL_PROFILE, read_properties
+    from spark_jobs.local_profile import LOCAL_PROFILE, read_properties
 
     props = read_properties(LOCAL_PROFILE)
     props.update({
@@ -46,7 +46,7 @@ def spark_profile(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def spark(spark_profile):
     """The suite's only SparkSession, on `spark_profile`."""
-    from spark_jobs.common import get_spark
+    from spark_jobs.session import get_spark
 
     session = get_spark("attention-influence-tests")
     session.sparkContext.setLogLevel("ERROR")

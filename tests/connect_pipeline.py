@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from spark_jobs import common, register_tables, score, select  # noqa: E402
+from spark_jobs import register_tables, score, select, session  # noqa: E402
 from tests.test_notebooks import NOTEBOOKS, FakeDbutils, run_notebook  # noqa: E402
 
 
@@ -31,8 +31,8 @@ def main() -> int:
         parser.add_argument(flag, required=True)
     args = parser.parse_args()
     root = Path(args.root)
-    spark = common.connect_session("local[2]")
-    assert common.is_connect(spark), type(spark)
+    spark = session.connect_session("local[2]")
+    assert session.is_connect(spark), type(spark)
     result = {"session": type(spark).__module__}
 
     scored = str(root / "scored")

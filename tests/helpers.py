@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from spark_jobs.common import run
+from spark_jobs.cli import run
 
 DOCS_DDL = "id STRING, domain STRING, text STRING"
 

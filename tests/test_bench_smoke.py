@@ -63,7 +63,8 @@ def test_compiling_all_but_attention_keeps_the_masking_and_compiles_once(real_mo
 
     from attention_influence.loading import load_model
     from attention_influence.losses import Scorer
-    from benchmarks.gpu_bench import SMOLLM2_HEADS, compiled_hook_free_parts
+    from benchmarks.gpu.compiling import compiled_hook_free_parts
+    from benchmarks.gpu.shapes import SMOLLM2_HEADS
 
     model, tokenizer = load_model(real_model, dtype="float32", device="cpu")
     texts = ["def add(a, b):\n    return a + b\n" * 6, "The licence grants permission to copy. " * 12,

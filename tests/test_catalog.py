@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from spark_jobs import build_corpus, detect_heads, register_tables, score, select
-from spark_jobs.common import JobError, catalog_name, register_delta_table
+from spark_jobs.cli import JobError
+from spark_jobs.tables import catalog_name, register_delta_table
 from tests.conftest import REPO, private_catalog
 from tests.helpers import SAMPLE_TEXTS, run_job, write_docs
 

@@ -82,7 +82,7 @@ def test_bad_flags(args):
 
 def test_config_file_overrides_defaults_and_flags_override_it(tmp_path):
     from spark_jobs import select
-    from spark_jobs.common import JobError, parse_flags
+    from spark_jobs.cli import JobError, parse_flags
 
     config = tmp_path / "select.yaml"
     config.write_text("fraction: 0.3\nmin_tokens: 10\n")
@@ -109,7 +109,7 @@ def test_options_hold_every_flag_typed(job):
 
 def test_options_from_settings_as_a_notebook_passes_them():
     from spark_jobs import detect_heads, select
-    from spark_jobs.common import JobError
+    from spark_jobs.cli import JobError
 
     options = detect_heads.options(samples="2", top_fraction="0.5", model="m")
     assert (options.samples, options.top_fraction, options.model) == (2, 0.5, "m")
@@ -122,7 +122,7 @@ def test_options_from_settings_as_a_notebook_passes_them():
 @pytest.mark.parametrize("job, args, message", [
     ("build_corpus", ["--min-chars", "9", "--max-chars", "3"], "--min-chars (9) is above --max-chars (3)"),
     ("register_tables", ["--tables", " , "], "--tables is empty"),
-    ("register_tables", ["--tables", "a;b"], "not a table name"),
+    ("register_tables", ["--tables", "a;b"], "not a valid table name"),
     ("select", ["--input", ""], "--input is required"),
     ("detect_heads", ["--heads-out", ""], "--heads-out is required"),
     ("score", ["--watch", "--mode", "overwrite", "--model", FIXTURE_MODEL, "--heads", str(REPO / "conf" / "score.yaml")],
@@ -144,8 +144,10 @@ def test_the_default_model_is_the_real_one_and_its_absence_says_how_to_get_it(tm
     from attention_influence.loading import ModelLoadError, load_config
     from spark_jobs import detect_heads, probe, score
 
-    for module in (score, detect_heads, probe):
-        assert module.parse_flags.__module__ == "spark_jobs.common"
+    from spark_jobs.cli import Job, ModelFlags
+
+    for module in (score, detect_heads, probe):  # the model flags are declared once, in spark_jobs/cli.py
+        assert module.parse_options.__func__ is Job.parse and issubclass(module.JOB.options_type, ModelFlags)
     assert score.options(input="a/b", output="c/d", heads="h").model.endswith("models/smollm2-135m-instruct")
     with pytest.raises(ModelLoadError, match=r"model path does not exist: .*smollm2-135m-instruct "
                                              r"\(`make model` makes it"):

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import common, score
+from spark_jobs import score, scores_table
+from spark_jobs.scores_table import ScoresTable
 from tests.conftest import FIXTURE_MODEL, REPO
 from tests.helpers import run_job, write_docs, write_heads
 
@@ -295,7 +296,7 @@ def test_driver_killed_loses_at_most_the_slice_in_flight(cluster, docs, spark, t
     assert f"{len(committed)} of {N_DOCS} documents already committed for this scorer" in captured.err
     assert f"scored {N_DOCS - len(committed)} documents" in captured.out
     assert_each_id_once(spark, output, docs["ids"])
-    # a slice is one commit: a MERGE, or an append of a fresh slice (spark_jobs/slice_commits.py)
+    # a slice is one commit: a MERGE, or an append of a fresh slice (spark_jobs/scores_table.py)
     history = spark.sql(f"DESCRIBE HISTORY delta.`{output}`").where("operation IN ('MERGE', 'WRITE')").count()
     assert history >= slices_seen + 1
 
@@ -336,11 +337,11 @@ def test_stage_failure_reason_names_the_partition():
                "due to stage failure: Task 5 in stage 19.0 failed 4 times, most recent failure: Lost task 5.3 in "
                "stage 19.0 (TID 40) (127.0.0.1 executor 1): org.apache.spark.SparkException: Python worker exited "
                "unexpectedly (crashed)\n\tat org.apache.spark.api.python.BasePythonRunner")
-    assert common.stage_failure_reason(RuntimeError(message)) == (
+    assert score.task_failure_line(RuntimeError(message)) == (
         "scoring task for partition 5 (stage 19.0) failed 4 times; the run was aborted; slices committed before it "
         "stay, this slice was not committed (rerun to resume): "
         "org.apache.spark.SparkException: Python worker exited unexpectedly (crashed)")
-    assert common.stage_failure_reason(RuntimeError("table not found")) is None
+    assert score.task_failure_line(RuntimeError("table not found")) is None
 
 
 def test_commit_conflict_is_retried_then_exit_3(spark, docs, tmp_path, monkeypatch, capsys):
@@ -350,20 +351,20 @@ def test_commit_conflict_is_retried_then_exit_3(spark, docs, tmp_path, monkeypat
     seed = write_docs(spark, docs["rows"][:3], tmp_path / "seed")
     assert run_job(score, job(docs, output, input_path=seed))[0] == 0
     more = write_docs(spark, docs["rows"][:6], tmp_path / "more")
-    real_write = score.write_scores
+    real_write = ScoresTable.merge
     calls = []
 
     class ConcurrentAppendException(Exception):
         pass
 
-    def conflicting_write(spark_, scored, args, target, *insert_only):
-        calls.append(target)
-        if len(calls) == 1 or args.commit_attempts == 2:
+    def conflicting_write(table, scored, insert_only=False):
+        calls.append(table.ref)
+        if len(calls) == 1 or table.commit_attempts == 2:
             raise ConcurrentAppendException("[DELTA_CONCURRENT_APPEND] Files were added by a concurrent update.")
-        return real_write(spark_, scored, args, target, *insert_only)
+        return real_write(table, scored, insert_only)
 
-    monkeypatch.setattr(score, "write_scores", conflicting_write)
-    monkeypatch.setattr(score.time, "sleep", lambda s: None)
+    monkeypatch.setattr(ScoresTable, "merge", conflicting_write)
+    monkeypatch.setattr(scores_table.time, "sleep", lambda s: None)
     code, captured = run_job(score, job(docs, output, input_path=more), capsys)
     assert code == 0 and "commit conflict on" in captured.err and len(calls) == 2
     assert_each_id_once(spark, output, [r[0] for r in docs["rows"][:6]])

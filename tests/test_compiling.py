@@ -31,7 +31,7 @@ def test_compiled_layers_mask_like_eager_with_a_bounded_number_of_graphs(real_mo
     the masked pass is masked (the gates are inputs of the graph, not traced-away hooks) and every loss
     equals eager's to 1e-5."""
     from attention_influence.loading import load_model
-    from benchmarks.gpu_bench import SMOLLM2_HEADS
+    from benchmarks.gpu.shapes import SMOLLM2_HEADS
 
     model, tokenizer = load_model(real_model, dtype="float32", device="cpu")
     kwargs = dict(max_seq_len=48, batch_tokens=128, fused=fused)

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from spark_jobs import score
+from spark_jobs.cli import REPO
 from tests.helpers import SAMPLE_TEXTS, write_docs, write_heads
 
 pytestmark = pytest.mark.slow
@@ -30,10 +31,10 @@ def connect_run(spark, tmp_path_factory, fixture_model):
     heads = write_heads(root / "heads.json", HEADS)
     appended = root / "appended.json"
     appended.write_text(json.dumps([list(r) for r in APPENDED]))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(score.common.REPO),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
                                                                      os.environ.get("PYTHONPATH")])))
     env.pop("SPARK_REMOTE", None)
-    done = subprocess.run([sys.executable, str(score.common.REPO / "tests" / "connect_pipeline.py"),
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "connect_pipeline.py"),
                            "--root", str(root), "--docs", docs, "--heads", heads, "--model", fixture_model,
                            "--appended", str(appended)], capture_output=True, text=True, env=env, timeout=1200)
     assert done.returncode == 0, done.stderr[max(0, done.stderr.rfind("Traceback")):][:6000]

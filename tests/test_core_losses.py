@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention_influence import losses
-from attention_influence.losses import Scorer, batch_losses, padding_waste, plan_batches, split_windows
+from attention_influence import kernels
+from attention_influence.losses import Scorer, batch_losses
+from attention_influence.windows import padding_waste, plan_batches, split_windows
 from attention_influence.masking import UnsupportedArchitectureError, mask_heads, validate_heads
 from tests.masking_reference import reference_uniform_losses
 from tests.tiny_models import CONFIGS, VOCAB, CharTokenizer, attention_implementations, tiny_model
@@ -190,7 +191,7 @@ def test_both_cross_entropy_paths_match_a_float64_reference(cross_entropy, softc
     a token budget that cuts the rows into slices."""
     torch.manual_seed(0)
     head = torch.nn.Linear(4096, 1000, bias=True)
-    assert losses.vocab_block_size(4096, 1000) == 256
+    assert kernels.vocab_block_size(4096, 1000) == 256
     hidden = torch.randn(3, 7, 4096)
     targets = torch.randint(0, 1000, (3, 7))
     targets[0, :5] = torch.tensor([0, 255, 256, 768, 999])
@@ -199,18 +200,18 @@ def test_both_cross_entropy_paths_match_a_float64_reference(cross_entropy, softc
         logits = torch.tanh(logits / softcap) * softcap
     expected = F.cross_entropy(logits.reshape(-1, 1000), targets.reshape(-1), reduction="none").view(3, 7)
     with torch.inference_mode():
-        got = getattr(losses, cross_entropy)(head, softcap, hidden, targets, 256 * 5)
+        got = getattr(kernels, cross_entropy)(head, softcap, hidden, targets, 256 * 5)
     assert got.dtype == torch.float32 and got.shape == (3, 7)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
 
 
 def test_vocab_blocks_are_cache_sized_multiples_of_256():
-    assert losses.vocab_block_size(576, 49152) == 1792  # SmolLM2: 4 MiB of weight, rounded down
-    assert losses.vocab_block_size(64, 2048) == 2048  # a tiny vocabulary is one block
-    assert losses.vocab_block_size(8192, 155136) == 256
+    assert kernels.vocab_block_size(576, 49152) == 1792  # SmolLM2: 4 MiB of weight, rounded down
+    assert kernels.vocab_block_size(64, 2048) == 2048  # a tiny vocabulary is one block
+    assert kernels.vocab_block_size(8192, 155136) == 256
 
 
 def test_a_target_outside_the_vocabulary_is_an_error_not_a_zero_logit():
     head = torch.nn.Linear(16, 300, bias=False)
     with torch.inference_mode(), pytest.raises(IndexError, match="vocabulary of 300"):
-        losses._vocab_blocked_losses(head, None, torch.randn(1, 2, 16), torch.tensor([[1, 300]]), 1 << 20)
+        kernels._vocab_blocked_losses(head, None, torch.randn(1, 2, 16), torch.tensor([[1, 300]]), 1 << 20)

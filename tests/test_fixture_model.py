@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from attention_influence.masking import mask_heads
-from attention_influence.retrieval import build_samples, retrieval_scores, select_heads
+from attention_influence.retrieval import retrieval_scores, select_heads
+from attention_influence.retrieval_task import build_samples
 from tests.helpers import SEG_LEN, repeated_sequences
 
 # TINY_LLAMA_FIXTURE points the tests at another build (e.g. a candidate before committing it).

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention_influence.losses import LOSS_KERNELS, Scorer, _token_losses
+from attention_influence.kernels import LOSS_KERNELS, _token_losses
+from attention_influence.losses import Scorer
 from tests.tiny_models import CharTokenizer, tiny_model
 
 HEADS = [(1, 0), (2, 3)]

@@ -122,7 +122,7 @@ def test_pooled_udf_path_gives_each_row_once_in_order_and_isolates_a_bad_documen
 
 
 def real_score_alone(scorer, text):
-    from attention_influence.losses import split_windows
+    from attention_influence.windows import split_windows
 
     ids = scorer.tokenize(text)[0]
     windows = [w for w in split_windows(ids, scorer.max_seq_len) if len(w) >= 2]

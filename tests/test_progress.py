@@ -120,3 +120,41 @@ def test_progress_moves_inside_a_single_long_task(spark, tmp_path, fixture_model
 
 
 LONG_TASK_DOCUMENTS = 720
+
+
+def test_work_done_shows_inside_one_task_of_long_documents(spark, fixture_model):
+    """One task of ~500 documents of ~1,000 tokens, windows of 128 tokens: a document is finished only
+    when its last window is scored, near the end of the pool, so the work done (progress rows, counted
+    live) must rise while the task runs; the output holds every document once and no progress row."""
+    import random
+
+    from spark_jobs.session import session_settings
+    from udfs.influence import ScoringSettings, score_documents
+
+    rng = random.Random(1)
+    words = [t for _, _, text in SAMPLE_TEXTS for t in text.split()]
+    rows = [(f"doc-{i}", " ".join(rng.choice(words) for _ in range(440))) for i in range(WORK_TASK_DOCUMENTS)]
+    documents = spark.createDataFrame(rows, "id STRING, text STRING").repartition(1)
+    settings = ScoringSettings(model=fixture_model, heads=((1, 0),), max_seq_len=128, dtype="float32",
+                               text_col="text", carry_cols=("id",))
+    stream = io.StringIO()
+    progress = Progress(spark, WORK_TASK_DOCUMENTS, interval=0.5, stream=stream, label="slice 1")
+    scored = score_documents(documents, settings, progress.counters)
+    with session_settings(spark, progress.settings), progress:
+        out = scored.collect()
+        time.sleep(0.6)  # a last line after the task's accumulators arrived
+
+    assert sorted(r["id"] for r in out) == sorted(i for i, _ in rows)
+    assert {r["status"] for r in out} == {"ok"}
+    tokens = sum(r["n_tokens"] for r in out)
+    assert tokens > 900 * WORK_TASK_DOCUMENTS
+    lines = stream.getvalue().splitlines()
+    inside = [line for line in lines if ", 0/1 tasks, " in line]
+    scored_shares = [int(m.group(1)) for line in inside for m in [re.search(r", (\d+)% scored, ", line)] if m]
+    rises = sum(later > earlier for earlier, later in zip(scored_shares, scored_shares[1:]))
+    assert rises >= 3, "progress lines while the one task ran:\n" + "\n".join(lines)
+    assert all("ETA " in line for line in inside if "% scored" in line)
+    assert f"{WORK_TASK_DOCUMENTS}/{WORK_TASK_DOCUMENTS} documents (100%), {tokens} tokens" in lines[-1]
+
+
+WORK_TASK_DOCUMENTS = 500

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.stage_skew import measured
 from spark_jobs import select
-from spark_jobs.common import run_sql, session_settings
+from spark_jobs.session import run_sql, session_settings
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

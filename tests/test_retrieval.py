@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from attention_influence.retrieval import (DECODINGS, MAX_VALUE_TOKENS, N_SHOTS, build_samples, encode_sample,
-                                           heads_document, load_heads, masking_accuracies, prose_sentences,
-                                           retrieval_scores, select_heads, split_sentences)
+from attention_influence.retrieval import (DECODINGS, heads_document, load_heads, masking_accuracies, retrieval_scores,
+                                           select_heads)
+from attention_influence.retrieval_task import (MAX_VALUE_TOKENS, N_SHOTS, build_samples, encode_sample,
+                                                prose_sentences, split_sentences)
 from tests.conftest import FIXTURE_MODEL
 
 PLANTED = (1, 2)

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 from pyspark.sql import functions as F
 
-from spark_jobs import score, table_contract
+from spark_jobs import score
+from spark_jobs import tables as table_contract
 from tests.helpers import SAMPLE_TEXTS, run_job, write_docs, write_heads
 
 pytestmark = pytest.mark.slow
@@ -149,7 +150,7 @@ def test_incremental_reruns(spark, tmp_path, fixture_model, heads, capsys):
 
 
 def test_changed_scorer_rescores_in_place(spark, tmp_path, fixture_model, heads):
-    from spark_jobs.common import table_properties
+    from spark_jobs.tables import table_properties
 
     corpus = write_docs(spark, SAMPLE_TEXTS[:3], tmp_path / "docs")
     output = str(tmp_path / "scored")
@@ -168,7 +169,7 @@ def test_changed_scorer_rescores_in_place(spark, tmp_path, fixture_model, heads)
 
 def test_masking_mode_is_part_of_the_scorer(spark, tmp_path, fixture_model, heads):
     """zero-output, then the default (uniform) into the same table: rescored in place, both recorded."""
-    from spark_jobs.common import table_properties
+    from spark_jobs.tables import table_properties
 
     docs = SAMPLE_TEXTS[:3]
     corpus = write_docs(spark, docs, tmp_path / "docs")

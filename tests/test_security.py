@@ -13,7 +13,9 @@ import sys
 import pytest
 
 from spark_jobs import score
-from spark_jobs.common import JobError, check_table_name, read_properties
+from spark_jobs.cli import JobError
+from spark_jobs.tables import check_table_name
+from spark_jobs.local_profile import read_properties
 from tests.conftest import FIXTURE_MODEL, REPO
 from tests.helpers import run_job, write_docs, write_heads
 

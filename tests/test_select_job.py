@@ -7,6 +7,7 @@ import math
 import pytest
 
 from spark_jobs import select
+from spark_jobs.session import CONSTANT_PARAMETERS
 from tests.helpers import run_job
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,7 @@ def test_each_domain_keeps_the_ceiling_of_its_share(spark, scored, tmp_path, fra
 
 def test_a_handed_session_keeps_its_settings(spark, scored, tmp_path):
     """A notebook's session: the job's parameter setting holds for its query only, then is as it was."""
-    key = select.common.CONSTANT_PARAMETERS
+    key = CONSTANT_PARAMETERS
     before = spark.conf.get(key, None)
     try:
         spark.conf.unset(key)

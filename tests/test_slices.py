@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from spark_jobs import score, slices
-from spark_jobs.common import STOPPED_EXIT, Stopped, table_detail
+from spark_jobs.cli import STOPPED_EXIT, Stopped
+from spark_jobs.scores_table import ScoresTable
+from spark_jobs.tables import table_detail
 from tests.conftest import REPO
 from tests.helpers import write_docs, write_heads
 
@@ -54,21 +56,16 @@ def assert_same_scores(left: dict, right: dict):
 
 def stop_after_commits(monkeypatch, stop: slices.StopSignal, commits: int):
     """The next run asks for a stop (as SIGTERM does) once `commits` slices are committed."""
-    real = score.slice_committer
+    real = ScoresTable.commit
+    done = []
 
-    def committer(spark, options_, plan):
-        commit = real(spark, options_, plan)
-        done = []
+    def counting(table, scored, fresh=False):
+        real(table, scored, fresh)
+        done.append(1)
+        if len(done) == commits:
+            stop.request("test stop")
 
-        def counting(scored):
-            commit(scored)
-            done.append(1)
-            if len(done) == commits:
-                stop.request("test stop")
-
-        return counting
-
-    monkeypatch.setattr(score, "slice_committer", committer)
+    monkeypatch.setattr(ScoresTable, "commit", counting)
 
 
 def test_sliced_run_equals_one_shot_and_is_compacted(spark, tmp_path, fixture_model, heads, capsys):
@@ -249,35 +246,28 @@ def test_fresh_slices_are_appended_as_transactions_of_the_scorer(spark, tmp_path
     assert_same_scores(scores(spark, tmp_path / "sliced"), scores(spark, tmp_path / "one-shot"))
 
 
-def rival_commit(spark, plan, options_, rows) -> None:
-    """Another writer of the same scorer: its own SliceCommits, MERGEing `rows` into the plan's table."""
-    from spark_jobs.slice_commits import SliceCommits, latest_version
-
-    def merge(scored):
-        score.write_scores_with_retries(spark, scored, options_, plan.target, insert_only=True)
-
-    rival = SliceCommits(spark, plan.target, plan.fingerprint, latest_version(spark, plan.target), merge, appends=False)
+def rival_commit(spark, table: ScoresTable, rows) -> None:
+    """Another writer of the same scorer: its own ScoresTable, MERGEing `rows` into the run's table."""
+    rival = ScoresTable(spark, table.ref, table.fingerprint, table.id_col)
+    rival.is_rival = True
+    rival.open_slices(rival.version(), replaces_rows=False)
     rival.commit(rows.localCheckpoint())
 
 
 def with_rival_after(monkeypatch, commits_before: int, rival):
-    """score.run's committer, with `rival(spark, options, plan)` run once after our `commits_before`-th commit."""
-    real = score.slice_committer
+    """score.run's commits, with `rival(spark, table)` run once after our `commits_before`-th commit."""
+    real = ScoresTable.commit
+    done = []
 
-    def committer(spark_, options_, plan):
-        commit = real(spark_, options_, plan)
-        done = []
+    def commit_then_rival(table, scored, fresh=False):
+        real(table, scored, fresh)
+        if getattr(table, "is_rival", False):
+            return
+        done.append(1)
+        if len(done) == commits_before:
+            rival(table.spark, table)
 
-        def commit_then_rival(scored, *fresh):
-            commit(scored, *fresh)
-            done.append(1)
-            if len(done) == commits_before:
-                rival(spark_, options_, plan)
-
-        commit_then_rival.commits = commit.commits
-        return commit_then_rival
-
-    monkeypatch.setattr(score, "slice_committer", committer)
+    monkeypatch.setattr(ScoresTable, "commit", commit_then_rival)
 
 
 def test_a_rival_writers_commit_ends_the_appends(spark, tmp_path, fixture_model, heads, monkeypatch, capsys):
@@ -289,7 +279,7 @@ def test_a_rival_writers_commit_ends_the_appends(spark, tmp_path, fixture_model,
     docs = write_files(spark, rows_of(24), tmp_path / "docs", 6)
     score.run(spark, options(docs, tmp_path / "rival", fixture_model, heads, slice_documents=1000))
     marked = spark.read.format("delta").load(str(tmp_path / "rival")).withColumn("loss_full", F.lit(-1.0))
-    with_rival_after(monkeypatch, 2, lambda spark_, options_, plan: rival_commit(spark_, plan, options_, marked))
+    with_rival_after(monkeypatch, 2, lambda spark_, table: rival_commit(spark_, table, marked))
     capsys.readouterr()
     score.run(spark, options(docs, tmp_path / "scored", fixture_model, heads, slice_documents=4))
     err = capsys.readouterr().err
@@ -306,10 +296,10 @@ def test_another_writers_rows_end_the_appends(spark, tmp_path, fixture_model, he
     docs = write_files(spark, rows_of(24), tmp_path / "docs", 6)
     output = tmp_path / "scored"
 
-    def insert_others(spark_, options_, plan):
-        spark_.sql(f"INSERT INTO delta.`{plan.target}` BY NAME SELECT 'other-' || id AS id, domain, text, n_tokens, "
+    def insert_others(spark_, table):
+        spark_.sql(f"INSERT INTO delta.`{table.ref}` BY NAME SELECT 'other-' || id AS id, domain, text, n_tokens, "
                    f"loss_full, loss_masked, attention_influence, status, error, scorer, scored_at "
-                   f"FROM delta.`{plan.target}`")
+                   f"FROM delta.`{table.ref}`")
 
     with_rival_after(monkeypatch, 2, insert_others)
     capsys.readouterr()

@@ -1,11 +1,12 @@
-"""Named SQL parameters bound on a Spark Connect session (common.bind_parameters), and the live-metric
+"""Named SQL parameters bound on a Spark Connect session (session.bind_parameters), and the live-metric
 text the progress line parses: no Spark needed."""
 
 from __future__ import annotations
 
 import pytest
 
-from spark_jobs.common import JobError, bind_parameters, sql_literal
+from spark_jobs.cli import JobError
+from spark_jobs.session import bind_parameters, sql_literal
 from spark_jobs.progress import _metric_number
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from spark_jobs.common import local_properties, read_properties, resolve_relative_paths
+from spark_jobs.local_profile import local_properties, read_properties, resolve_relative_paths
 from tests.conftest import REPO, private_catalog
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pandas as pd
@@ -46,6 +46,9 @@ class ScoringSettings:
     masking: str = "uniform"  # attention_influence.masking.MASKING_MODES; the core validates it
     trust_remote_code: bool = False
     allow_pickle_weights: bool = False
+    # Per-task and per-worker lines on stderr (the executor's log) and transformers' loading bar; not
+    # part of the cache key: the scorer is the same either way.
+    verbose: bool = field(default=False, compare=False)
 
     def output_ddl(self, input_schema) -> str:
         """DDL of the function's output: the carried input columns, then the score columns."""
@@ -85,14 +88,26 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
             context = TaskContext.get()
             torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
         started = time.time()
+        _loading_bar(settings.verbose)
         model, tokenizer = _load_on_executor(settings, device)
         _SCORER = key, Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
                               batch_tokens=settings.batch_tokens, fused=settings.fused,
                               token_losses=settings.token_losses, max_chars=settings.max_chars,
                               masking=settings.masking)
-        print(f"[attention-influence] loaded {settings.model} on {device} ({settings.dtype}) "
-              f"in {time.time() - started:.1f}s", file=sys.stderr, flush=True)
+        if settings.verbose:
+            print(f"[attention-influence] loaded {settings.model} on {device} ({settings.dtype}) "
+                  f"in {time.time() - started:.1f}s", file=sys.stderr, flush=True)
     return _SCORER[1]
+
+
+def _loading_bar(on: bool) -> None:
+    """transformers' "Loading weights" progress bar in this worker, only when verbose."""
+    from transformers.utils import logging
+
+    if on:
+        logging.enable_progress_bar()
+    else:
+        logging.disable_progress_bar()
 
 
 def _load_on_executor(settings: ScoringSettings, device):
@@ -130,10 +145,12 @@ def _output_frame(frame: pd.DataFrame, docs, settings: ScoringSettings) -> pd.Da
 
 # Rows gathered into one pool before planning token-budget batches: bigger pools sort more windows by
 # length (less padding, full batches). While a pool runs, the rows of the documents it has finished
-# are yielded every PART_SECONDS of work, which is when the driver's progress can count them
-# (spark_jobs/progress.py); the batching does not change.
+# and progress rows for the work done are yielded every PART_SECONDS of work, which is when the
+# driver's progress can count them (spark_jobs/progress.py); the batching does not change.
 POOL_ROWS = 2048
 PART_SECONDS = float(os.environ.get("ATTENTION_INFLUENCE_PART_SECONDS", "10"))  # the executors' environment
+# The status of a progress row (every other column null): `score_documents` drops them again.
+PROGRESS_STATUS = "progress"
 
 
 def _pools(frames: Iterator[pd.DataFrame], pool_rows: int) -> Iterator[pd.DataFrame]:
@@ -197,14 +214,49 @@ def _ahead(items: Iterator, depth: int = 1) -> Iterator:
         stop.set()
 
 
+class _PoolWork:
+    """How much of a pool is scored, in documents' worth: a document without windows is worth one at
+    once, the others `windowed` together, handed out in proportion to their window tokens scored (the
+    scorer's `stats`). A pool is worth its rows in all, so the driver knows the whole (its documents)."""
+
+    def __init__(self, scorer, prepared):
+        self.scorer = scorer
+        self.started_at = scorer.stats["real_tokens"]
+        self.documents = len(prepared)
+        self.windowed = len(set(prepared.owners))
+        self.tokens = sum(len(w) for w in prepared.windows)
+        self.counted = 0
+
+    def newly_done(self, finished: bool = False) -> int:
+        """Documents' worth scored since the last call; the rest of the pool when `finished`."""
+        if finished or not self.tokens:
+            worth = self.documents
+        else:
+            scored = min(self.scorer.stats["real_tokens"] - self.started_at, self.tokens)
+            worth = self.documents - self.windowed + self.windowed * scored // self.tokens
+        new = max(0, worth - self.counted)
+        self.counted += new
+        return new
+
+
+def _progress_frame(columns: list[str], rows: int) -> pd.DataFrame:
+    """`rows` progress rows: status PROGRESS_STATUS, every other column null."""
+    frame = pd.DataFrame({column: [None] * rows for column in columns})
+    frame["status"] = PROGRESS_STATUS
+    return frame
+
+
 def score_pooled(frames: Iterator[pd.DataFrame], settings: ScoringSettings, gpu: str | None,
-                 pool_rows: int = POOL_ROWS, part_seconds: float | None = PART_SECONDS) -> Iterator[pd.DataFrame]:
+                 pool_rows: int = POOL_ROWS, part_seconds: float | None = PART_SECONDS,
+                 progress_rows: bool = False) -> Iterator[pd.DataFrame]:
     """Score pools of rows, reading and tokenizing the next pool while the model runs.
 
     Each input row comes out exactly once: in frames of the documents a pool has finished, every
     `part_seconds` of work (None: one frame per pool, in input order); a document that breaks the
-    model becomes one `error` row (`Scorer.finish_isolated_in_parts`). The model loads (once per
-    worker) when the first pool is read, so an empty partition never loads it.
+    model becomes one `error` row (`Scorer.finish_isolated_in_parts`). With `progress_rows`, each
+    part is followed by a frame of progress rows, one per document's worth of work done since the
+    last (`_PoolWork`): a pool's rows in all. The model loads (once per worker) when the first pool
+    is read, so an empty partition never loads it.
     """
 
     def prepared():
@@ -213,20 +265,26 @@ def score_pooled(frames: Iterator[pd.DataFrame], settings: ScoringSettings, gpu:
             yield pool, scorer, scorer.prepare(pool[settings.text_col].tolist())
 
     for pool, scorer, ready in _ahead(prepared()):
+        work, columns = _PoolWork(scorer, ready), list(_output_frame(pool.iloc[:0], [], settings).columns)
         for part in scorer.finish_isolated_in_parts(ready, part_seconds):
-            part.sort(key=lambda item: item[0])
-            yield _output_frame(pool.iloc[[i for i, _ in part]], [doc for _, doc in part], settings)
+            if part:
+                part.sort(key=lambda item: item[0])
+                yield _output_frame(pool.iloc[[i for i, _ in part]], [doc for _, doc in part], settings)
+            if progress_rows and (done := work.newly_done()):
+                yield _progress_frame(columns, done)
+        if progress_rows and (done := work.newly_done(finished=True)):
+            yield _progress_frame(columns, done)
 
 
 _CPU_FALLBACK_SAID = False
 
 
-def _record_task(gpu: str | None) -> None:
-    """One stderr line per scoring task (the executor's log): which GPU Spark handed it.
+def _record_task(gpu: str | None, verbose: bool) -> None:
+    """With `verbose`, one stderr line per scoring task (the executor's log): which GPU Spark handed it.
 
     On a GPU cluster this is how to check the scheduling (the tests read it); a
     GPU address without a CUDA device behind it (placeholder GPUs) means CPU
-    scoring, said once per Python worker.
+    scoring, said once per Python worker, verbose or not.
     """
     global _CPU_FALLBACK_SAID
     from pyspark import TaskContext
@@ -236,9 +294,10 @@ def _record_task(gpu: str | None) -> None:
         return
     gpus = context.resources().get("gpu")
     addresses = list(gpus.addresses) if gpus is not None else []
-    print(f"[attention-influence] task stage={context.stageId()} partition={context.partitionId()} "
-          f"attempt={context.attemptNumber()} gpu_addresses={json.dumps(addresses)} pid={os.getpid()} "
-          f"code={__file__}", file=sys.stderr, flush=True)
+    if verbose:
+        print(f"[attention-influence] task stage={context.stageId()} partition={context.partitionId()} "
+              f"attempt={context.attemptNumber()} gpu_addresses={json.dumps(addresses)} pid={os.getpid()} "
+              f"code={__file__}", file=sys.stderr, flush=True)
     if gpu is not None and not _CPU_FALLBACK_SAID:
         from attention_influence.loading import device_for_gpu_address
 
@@ -292,17 +351,18 @@ def make_score_partition(settings: ScoringSettings, counters=None):
     """The function to hand to `DataFrame.mapInPandas(fn, settings.output_ddl(schema))`.
 
     `counters`: optional (documents, tokens) Spark accumulators, added to after each frame, that
-    the driver reads to print progress (spark_jobs/progress.py).
+    the driver reads to print progress (spark_jobs/progress.py). Its output holds progress rows
+    (`score_pooled`), which `score_documents` drops.
     """
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         gpu = _assigned_gpu()
-        _record_task(gpu)
+        _record_task(gpu, settings.verbose)
         if os.environ.get(TEST_FAULT_ENV):
             _inject_test_fault()
             frames = _with_test_faults(frames, settings.text_col)
-        for scored in score_pooled(frames, settings, gpu):
-            if counters is not None:
+        for scored in score_pooled(frames, settings, gpu, progress_rows=True):
+            if counters is not None and scored["status"].iat[0] != PROGRESS_STATUS:
                 counters[0].add(len(scored))
                 counters[1].add(int(scored["n_tokens"].fillna(0).sum()))
             yield scored
@@ -314,14 +374,18 @@ def score_documents(documents, settings: ScoringSettings, counters=None):
     """`documents` with the score columns, one output row per input row.
 
     Text travels to Python as bytes, so a string that is not valid UTF-8 becomes
-    a row with status 'error' instead of an Arrow failure that stops the job.
+    a row with status 'error' instead of an Arrow failure that stops the job. The
+    progress rows of the scoring function are dropped right after it: the filter
+    directly above the MapInPandas node, whose output rows the driver's progress
+    compares with its own (spark_jobs/progress.py).
     """
     from pyspark.sql import functions as F
 
     text_type = documents.schema[settings.text_col].dataType.simpleString()
     text = F.col("`" + settings.text_col.replace("`", "``") + "`")  # a name, never parsed
     as_bytes = documents.withColumn(settings.text_col, text.cast("binary"))
-    scored = as_bytes.mapInPandas(make_score_partition(settings, counters), settings.output_ddl(as_bytes.schema))
+    scored = (as_bytes.mapInPandas(make_score_partition(settings, counters), settings.output_ddl(as_bytes.schema))
+              .filter(~F.col("status").eqNullSafe(PROGRESS_STATUS)))
     if settings.text_col in settings.carry_cols:
         scored = scored.withColumn(settings.text_col, text.cast(text_type))
     return scored
