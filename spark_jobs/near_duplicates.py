@@ -44,6 +44,9 @@ def near_duplicate_of(documents, id_col: str, text_col: str, *, column: str = "n
     fewer than 5 words is never a near-duplicate. `config` is an `attention_influence.minhash.
     MinHashConfig` (default FineWeb's). The clusters are computed (several Spark jobs) when this is
     called; the returned frame only joins them back.
+
+    Pass the documents the other rules keep: FineWeb deduplicated what its filters let through, and
+    a document that a rule removes could otherwise be the one its cluster keeps (both would go).
     """
     from pyspark.sql import functions as F
 
@@ -60,7 +63,8 @@ def near_duplicate_of(documents, id_col: str, text_col: str, *, column: str = "n
 
 
 def band_edges(documents, config=None):
-    """Distinct edges (nd_src, nd_dst) linking every two documents (nd_id, nd_text) that share a band."""
+    """Distinct edges (nd_src, nd_dst), nd_src > nd_dst, linking every two documents (nd_id, nd_text)
+    that share a band. Both branches read one exchange (Spark reuses it), so the UDF runs once."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
