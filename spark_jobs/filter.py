@@ -31,7 +31,8 @@ from spark_jobs.common import (JobError, check_table_name, get_spark, new_parser
                                quote_identifier, read_table, replace_table)
 
 DECIDE_SQL = Path(__file__).with_name("sql") / "filter_decide.sql"
-HELPER_COLUMNS = ("filter_id", "filter_text", "content_hash", "filter_rule", "near_dedup", "near_duplicate_of")
+HELPER_COLUMNS = ("filter_id", "filter_text", "content_hash", "filter_rule", "dedup", "near_dedup",
+                  "near_duplicate_of")
 ADDED_COLUMNS = ("rejected_by", "duplicate_of")
 
 
@@ -145,8 +146,8 @@ def check_domains(documents, options: FilterOptions) -> None:
 
 
 def decide(spark, documents, options: FilterOptions):
-    """Every input row once, with `rejected_by` (NULL: kept) and `duplicate_of`: the per-text rules and
-    exact duplicates in filter_decide.sql, then near-duplicates among the rows that pass both."""
+    """Every input row once, with `rejected_by` (NULL: kept) and `duplicate_of` by the per-text rules and
+    exact duplicates (filter_decide.sql), and the helper columns `with_near_duplicates` reads."""
     from pyspark.sql import functions as F
 
     from udfs.filters import filter_udf
@@ -162,10 +163,7 @@ def decide(spark, documents, options: FilterOptions):
               .select("*", "filter_columns.*")
               .drop("filter_columns"))
     source.createOrReplaceTempView("filter_source")
-    decided = spark.sql(DECIDE_SQL.read_text())
-    if any(rule_set.near_dedups for rule_set in config.rule_sets):
-        decided = with_near_duplicates(decided)
-    return decided.drop(*HELPER_COLUMNS)
+    return spark.sql(DECIDE_SQL.read_text())
 
 
 def with_near_duplicates(decided):
@@ -198,7 +196,10 @@ def run(spark, options: FilterOptions) -> dict[str, int]:
         check_table_name(ref)
     documents = read_table(spark, options.input)
     check_input(documents, options)
-    decided = decide(spark, documents, options).persist(StorageLevel.MEMORY_AND_DISK)
+    cached = [decide(spark, documents, options).persist(StorageLevel.MEMORY_AND_DISK)]  # the UDF runs once
+    if any(rule_set.near_dedups for rule_set in rule_config(options).rule_sets):
+        cached.append(with_near_duplicates(cached[0]).persist(StorageLevel.MEMORY_AND_DISK))
+    decided = cached[-1].drop(*HELPER_COLUMNS)
     try:
         domain = (F.col(quote_identifier(options.domain_col)).cast("string")
                   if options.domain_col in documents.columns else F.lit(None).cast("string"))
@@ -207,7 +208,8 @@ def run(spark, options: FilterOptions) -> dict[str, int]:
         replace_table(decided.where(F.col("rejected_by").isNull()).drop(*ADDED_COLUMNS), options.output)
         replace_table(decided.where(F.col("rejected_by").isNotNull()), options.rejected)
     finally:
-        decided.unpersist()
+        for frame in cached:
+            frame.unpersist()
     by_domain: dict[str | None, dict[str, int]] = {}
     for row in rows:
         by_domain.setdefault(row["domain"], {})[row["outcome"]] = row["count"]

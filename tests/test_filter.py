@@ -96,11 +96,13 @@ def test_rule_names_are_the_core_ones():
 
 def test_each_domain_by_its_rules_and_thresholds(spark, tmp_path, capsys):
     """conf/filter.yaml's defaults (FineWeb's rules; code: BigCode's) with one domain skipped and one
-    threshold set for one domain."""
+    threshold set for one domain. Near-duplicates are looked for among what the other rules keep: `p-near`
+    (one word changed) goes, `w-forty` stays, as its near-duplicate `p-forty` was rejected by a rule."""
     code_like = "def area(r):\n    return 3.14159 * r ** 2  # [(r, r)]\n"  # prose rules: too few words
     forty_words = ("The cat and the dog sat by the door. It was the end of a long day. We went to the park with "
                    "them. The sun was low and warm over the hills. Then we all went home to eat.")
-    rows = [("p-clean", "prose", CLEAN), ("p-short", "prose", QUALITY_CRAFTED["gopher_min_words"]),
+    rows = [("p-clean", "prose", CLEAN), ("p-near", "prose", CLEAN.replace("river", "stream")),
+            ("p-short", "prose", QUALITY_CRAFTED["gopher_min_words"]),
             ("p-curly", "prose", QUALITY_CRAFTED["c4_curly_bracket"]),
             ("p-lines", "prose", QUALITY_CRAFTED["fineweb_line_punct_ratio"]),
             ("c-func", "code", code_like), ("c-func-copy", "code", code_like),
@@ -115,8 +117,10 @@ def test_each_domain_by_its_rules_and_thresholds(spark, tmp_path, capsys):
     assert code == 0, out.err
     kept, rejected = outputs(spark, tmp_path)
     assert sorted(r["id"] for r in kept) == ["c-func", "l-empty", "l-short", "p-clean", "w-forty"]
+    by_id = {r["id"]: r for r in rejected}
+    assert by_id["p-near"]["duplicate_of"] == "p-clean" and by_id["c-func-copy"]["duplicate_of"] == "c-func"
     assert {r["id"]: r["rejected_by"] for r in rejected} == {
-        "p-short": "gopher_min_words", "p-forty": "gopher_min_words", "p-curly": "c4_curly_bracket", "p-lines": "fineweb_line_punct_ratio",
+        "p-near": "near_duplicate", "p-short": "gopher_min_words", "p-forty": "gopher_min_words", "p-curly": "c4_curly_bracket", "p-lines": "fineweb_line_punct_ratio",
         "c-func-copy": "exact_duplicate", "c-long": "code_max_line_length",
         "w-hash": "gopher_top_3_gram"}  # its four copies of one sentence: repetition is checked before quality
     assert "  code: 3 documents, 1 kept (rejected: code_max_line_length 1, exact_duplicate 1)" in out.out

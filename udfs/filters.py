@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-FILTER_DDL = "content_hash STRING, filter_rule STRING, near_dedup BOOLEAN"
+FILTER_DDL = "content_hash STRING, filter_rule STRING, dedup BOOLEAN, near_dedup BOOLEAN"
 
 
 def _value(value):
@@ -16,18 +16,19 @@ def _value(value):
 
 
 def filter_columns(texts: pd.Series, domains: pd.Series, config) -> pd.DataFrame:
-    """One row per text: its exact-duplicate key (None where its domain has no `exact_duplicate`), the
-    first rule it breaks (None if it passes, or if its domain runs no rule) and whether its domain looks
-    for near-duplicates. `config` is an `attention_influence.filter_rules.FilterConfig`."""
+    """One row per text: its exact-duplicate key, the first rule it breaks (None if it passes, or if its
+    domain runs no rule), and whether its domain removes exact and near-duplicates. `config` is an
+    `attention_influence.filter_rules.FilterConfig`."""
     from attention_influence.gopher import content_hash
 
-    hashes, rules, near = [], [], []
+    hashes, rules, dedup, near = [], [], [], []
     for text, domain in zip(map(_value, texts), map(_value, domains)):
         rule_set = config.rules_for(domain)
-        hashes.append(content_hash(text) if rule_set.dedups else None)
+        hashes.append(content_hash(text))
         rules.append(rule_set.first_rule(text) if rule_set.rules else None)
+        dedup.append(rule_set.dedups)
         near.append(rule_set.near_dedups)
-    return pd.DataFrame({"content_hash": hashes, "filter_rule": rules, "near_dedup": near})
+    return pd.DataFrame({"content_hash": hashes, "filter_rule": rules, "dedup": dedup, "near_dedup": near})
 
 
 def filter_udf(config):
