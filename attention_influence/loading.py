@@ -235,3 +235,14 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def show_loading_bar(on: bool) -> None:
+    """transformers' "Loading weights" progress bar in this process: on for --verbose, else off (a job's
+    console keeps its own progress; a Spark worker's stderr is the console in local mode)."""
+    from transformers.utils import logging
+
+    if on:
+        logging.enable_progress_bar()
+    else:
+        logging.disable_progress_bar()

@@ -73,15 +73,28 @@ def _accuracies(document: dict) -> list[tuple[str, object]]:
 
 
 def filter_lines(spark, out: Path) -> list[str]:
-    """What filter.py removed, per rule (when the demo ran it: <out>/kept and <out>/rejected exist)."""
+    """What filter.py removed, per rule, then per domain and rule (when the demo ran it: <out>/kept and
+    <out>/rejected exist)."""
+    from spark_jobs.filter import domain_line, outcome_counts, rejected_text
+
     if not ((out / "kept").exists() and (out / "rejected").exists()):
         return []
-    kept = read_table(spark, str(out / "kept")).count()
-    rejected = read_table(spark, str(out / "rejected")).groupBy("rejected_by").count().collect()
-    removed = sum(r["count"] for r in rejected)
-    rules = ", ".join(f"{r['rejected_by']} {r['count']}" for r in sorted(rejected, key=lambda r: (-r["count"],
-                                                                                                  r["rejected_by"])))
-    return [f"filter: {kept + removed} documents, {kept} kept, {removed} rejected" + (f" ({rules})" if rules else "")]
+    kept_table, rejected_table = read_table(spark, str(out / "kept")), read_table(spark, str(out / "rejected"))
+    by_domain = "domain" in kept_table.columns and "domain" in rejected_table.columns
+    keys = ["domain"] if by_domain else []
+    outcomes: dict[str | None, dict[str, int]] = {}
+    for r in kept_table.groupBy(*keys).count().collect():
+        outcomes.setdefault(r["domain"] if by_domain else None, {})["kept"] = r["count"]
+    for r in rejected_table.groupBy(*keys, "rejected_by").count().collect():
+        outcomes.setdefault(r["domain"] if by_domain else None, {})[r["rejected_by"]] = r["count"]
+    totals = outcome_counts(outcomes)
+    kept = totals.get("kept", 0)
+    removed = sum(totals.values()) - kept
+    rules = rejected_text(totals)
+    lines = [f"filter: {kept + removed} documents, {kept} kept, {removed} rejected" + (f" ({rules})" if rules else "")]
+    if by_domain:
+        lines += [domain_line(d, outcomes[d]) for d in sorted(outcomes, key=lambda d: (d is None, d or ""))]
+    return lines
 
 
 def probe_lines(spark, out: Path) -> list[str]:

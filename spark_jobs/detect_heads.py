@@ -118,7 +118,7 @@ def detect(options: DetectOptions) -> Detection:
     """Score every head on the synthetic task, select the top fraction, check the selection by masking it,
     and write the heads JSON and its heatmap. Needs no Spark."""
     from attention_influence.loading import (check_untrusted_model, context_length, load_config, load_model,
-                                             model_revision, device_from_flag, resolve_dtype)
+                                             model_revision, device_from_flag, resolve_dtype, show_loading_bar)
     from attention_influence.retrieval import (RANDOM_DRAWS, heads_document, masking_accuracies, retrieval_scores,
                                                select_heads)
     from attention_influence.retrieval_task import build_samples
@@ -127,6 +127,7 @@ def detect(options: DetectOptions) -> Detection:
     check_untrusted_model(options.model, trust, pickle)
     config = load_config(options.model, options.revision, trust)
     device = device_from_flag(options.device)
+    show_loading_bar(run_log.verbose())
     model, tokenizer = load_model(options.model, dtype=resolve_dtype(options.dtype, device), device=device,
                                   attn_implementation="eager", revision=options.revision,
                                   trust_remote_code=trust, allow_pickle_weights=pickle)

@@ -47,8 +47,8 @@ def test_summary_shows_heads_accuracies_throughput_and_extremes(spark, tmp_path,
 
 
 def test_summary_shows_filter_counts_and_the_probe_report(spark, tmp_path):
-    """With the filter's tables and a probe report in the demo folder, the summary names each rule's count
-    and each selector's share."""
+    """With the filter's tables and a probe report in the demo folder, the summary names each rule's count,
+    overall and per domain, and each selector's share."""
     docs = "id STRING, domain STRING, text STRING"
     spark.createDataFrame([("a", "code", "x"), ("b", "code", "y")], docs).write.format("delta").save(str(tmp_path / "kept"))
     spark.createDataFrame([("c", "code", "x", "exact_duplicate", "a"), ("d", "prose", "z z", "gopher_top_2_gram", None),
@@ -56,7 +56,9 @@ def test_summary_shows_filter_counts_and_the_probe_report(spark, tmp_path):
                           docs + ", rejected_by STRING, duplicate_of STRING").write.format("delta").save(
         str(tmp_path / "rejected"))
     assert demo_summary.filter_lines(spark, tmp_path) == [
-        "filter: 5 documents, 2 kept, 3 rejected (exact_duplicate 2, gopher_top_2_gram 1)"]
+        "filter: 5 documents, 2 kept, 3 rejected (exact_duplicate 2, gopher_top_2_gram 1)",
+        "  code: 3 documents, 2 kept (rejected: exact_duplicate 1)",
+        "  prose: 2 documents, 0 kept (rejected: exact_duplicate 1, gopher_top_2_gram 1)"]
     assert demo_summary.probe_lines(spark, tmp_path) == []
     spark.createDataFrame([("humaneval", "random", 0.25, 0.5, 0.0, 0.5, 4, 4)],
                           "probe_set STRING, selector STRING, share_in_top DOUBLE, base_rate DOUBLE, ci_low DOUBLE, "

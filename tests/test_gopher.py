@@ -3,7 +3,8 @@ with datatrove's GopherRepetitionFilter (HF datatrove, an independent implementa
 
 datatrove splits English words with spaCy (not installed here: a heavy dependency), so the
 comparison hands datatrove our word splitter through its own `WordTokenizer` interface: what is
-compared is every rule's arithmetic, order and thresholds; the word splitter is tested on its own.
+compared is every rule's arithmetic, order and thresholds; the word splitter is tested on its own
+(tests/test_quality_rules.py).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ CRAFTED = {
 
 
 def test_every_rule_has_a_crafted_document():
-    assert sorted(CRAFTED) == sorted(gopher.rule_names())
+    assert sorted(CRAFTED) == sorted([*gopher.REPETITION_RULES, "empty"])
 
 
 @pytest.mark.parametrize("rule", sorted(CRAFTED))
@@ -96,16 +97,19 @@ def test_fractions_by_hand():
 
 
 def test_thresholds_are_table_a1():
-    t = gopher.GOPHER
-    assert (t.dup_line_frac, t.dup_para_frac, t.dup_line_char_frac, t.dup_para_char_frac) == (0.3, 0.3, 0.2, 0.2)
-    assert t.top_n_grams == ((2, 0.2), (3, 0.18), (4, 0.16))
-    assert t.dup_n_grams == ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+    t = gopher.REPETITION_RULES
+    assert [t[f"gopher_dup_{k}"] for k in ("line_frac", "para_frac", "line_char_frac", "para_char_frac")] == [
+        0.3, 0.3, 0.2, 0.2]
+    assert [t[f"gopher_top_{n}_gram"] for n in (2, 3, 4)] == [0.2, 0.18, 0.16]
+    assert [t[f"gopher_dup_{n}_gram"] for n in range(5, 11)] == [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
 
 
-def test_split_words():
-    assert gopher.split_words("Hello, world! It's 3.14 -- e-mail\tme.") == [
-        "Hello", ",", "world", "!", "It's", "3.14", "-", "-", "e-mail", "me", "."]
-    assert gopher.split_words("def f(x):\n    return x*2") == ["def", "f", "(", "x", ")", ":", "return", "x", "*", "2"]
+def test_a_rule_left_out_does_not_run():
+    text = CRAFTED["gopher_dup_line_frac"]
+    limits = {name: value for name, value in gopher.REPETITION_RULES.items() if name != "gopher_dup_line_frac"}
+    # the next rule checked fires instead: the two repeated "red" lines are 6 of 23 characters, 0.26 > 0.20
+    assert gopher.repetition_rule(text, limits) == "gopher_dup_line_char_frac"
+    assert gopher.repetition_rule(text, {"gopher_dup_line_frac": 0.5}) is None  # 2 of 5 lines: 0.4 <= 0.5
 
 
 def test_normalised_hash_ignores_case_and_white_space_only():

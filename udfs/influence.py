@@ -74,7 +74,7 @@ def _assigned_gpu() -> str | None:
 def get_scorer(settings: ScoringSettings, gpu: str | None):
     """The worker's scorer for these settings and this device, built on first use."""
     global _SCORER
-    from attention_influence.loading import device_for_gpu_address
+    from attention_influence.loading import device_for_gpu_address, show_loading_bar
     from attention_influence.losses import Scorer
 
     device = device_for_gpu_address(gpu)
@@ -88,7 +88,7 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
             context = TaskContext.get()
             torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
         started = time.time()
-        _loading_bar(settings.verbose)
+        show_loading_bar(settings.verbose)
         model, tokenizer = _load_on_executor(settings, device)
         _SCORER = key, Scorer(model, tokenizer, settings.heads, settings.max_seq_len,
                               batch_tokens=settings.batch_tokens, fused=settings.fused,
@@ -98,16 +98,6 @@ def get_scorer(settings: ScoringSettings, gpu: str | None):
             print(f"[attention-influence] loaded {settings.model} on {device} ({settings.dtype}) "
                   f"in {time.time() - started:.1f}s", file=sys.stderr, flush=True)
     return _SCORER[1]
-
-
-def _loading_bar(on: bool) -> None:
-    """transformers' "Loading weights" progress bar in this worker, only when verbose."""
-    from transformers.utils import logging
-
-    if on:
-        logging.enable_progress_bar()
-    else:
-        logging.disable_progress_bar()
 
 
 def _load_on_executor(settings: ScoringSettings, device):
