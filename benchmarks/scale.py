@@ -196,7 +196,7 @@ def slices(spark, args, out: Path, connect: bool = False) -> dict:
     """Classic: the input holds only the new documents, the output `committed` rows more. Spark Connect
     (`connect`): the input holds the `committed` documents too (already in the output), as a resumed run's
     input does, since there each slice used to rescan the whole input."""
-    from spark_jobs import score, slices as slicing
+    from spark_jobs import score, score_plan, slices as slicing
 
     model = str(REPO / "fixtures" / "tiny-llama")
     heads = out / "heads.json"
@@ -220,7 +220,7 @@ def slices(spark, args, out: Path, connect: bool = False) -> dict:
 
     slicing.Slicer.commit_documents = timed_commit_documents
     results = {}
-    fingerprint = score.scorer_identity(*fingerprint_of(score, model, str(heads)))[0]
+    fingerprint = score_plan.scorer_identity(*fingerprint_of(score, model, str(heads)))[0]
     # One unmeasured run first: the first run of a process pays the JVM's and the stream's warm-up, which
     # would flatter every ratio against the empty output.
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
@@ -247,7 +247,7 @@ def slices(spark, args, out: Path, connect: bool = False) -> dict:
             summary = score.run(spark, options)
         seconds = time.time() - started
         assert summary.fingerprint == fingerprint, (summary.fingerprint, fingerprint)
-        # One call per micro-batch; the first commits the run's first slice (a MERGE, see slice_commits.py),
+        # One call per micro-batch; the first commits the run's first slice (a MERGE, see scores_table.py),
         # the last is the final full comparison (nothing left to commit).
         streamed = [(s, n) for s, n in timings[:-1] if n]
         if not streamed and timings:  # every slice inside one call (before: Spark Connect's hashed slices)
@@ -272,7 +272,7 @@ def slices(spark, args, out: Path, connect: bool = False) -> dict:
 
 
 def fingerprint_of(score, model: str, heads: str):
-    """scorer_identity's arguments for the benchmark's options, as score.plan computes them on a CPU."""
+    """scorer_identity's arguments for the benchmark's options, as score_plan.plan computes them on a CPU."""
     from attention_influence.loading import model_revision, resolve_dtype
 
     options = score.options(input="x/in", output="x/out", model=model, heads=heads, max_seq_len=64)
