@@ -26,7 +26,7 @@ from spark_jobs.score_plan import ModelCheck, ScorePlan, check_model_and_heads, 
 from spark_jobs.session import (delete_path, get_spark, is_connect, is_local_master, session_settings,
                                 task_slots)
 from spark_jobs.slices import SliceWork, Slicer, StopSignal
-from spark_jobs.tables import SCORED_AT_COLUMN, SCORER_COLUMN, read_table, table_detail, write_table
+from spark_jobs.tables import SCORED_AT_COLUMN, SCORER_COLUMN, data_file_name, read_table, table_detail, write_table
 from spark_jobs.watch import COMPACT_AFTER_SLICES, watch
 
 
@@ -231,7 +231,7 @@ def slice_input_files(spark, slicer: Slicer, options: ScoreOptions, plan: ScoreP
                     f"slices are cut from the whole input by a hash of the id (each rescans the input)")
         return
     schema = plan.documents.schema
-    paths = sorted(path for path in plan.documents.inputFiles() if path.rsplit("/", 1)[-1] in plan.fresh_files)
+    paths = sorted(path for path in plan.documents.inputFiles() if data_file_name(path) in plan.fresh_files)
     run_log.say(f"Spark Connect: {len(paths)} input files hold documents with nothing committed; slices read "
                 f"a few files each")
     slicer.run_files(lambda group: spark.read.schema(schema).parquet(*group), paths)

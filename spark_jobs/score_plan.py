@@ -18,7 +18,7 @@ from spark_jobs.cli import JobError, dumps
 from spark_jobs.scores_table import ScoresTable
 from spark_jobs.session import task_slots
 from spark_jobs.tables import (ADDED_COLUMNS, DOMAIN_COL, ID_COL, INPUT, SCORER, SCORER_CONFIG, check_table_name,
-                               is_path, quote_identifier, read_table)
+                               data_file_name, is_path, quote_identifier, read_table)
 
 # Default padded tokens per forward pass (docs/benchmarks.md): on an H100 16,384 peaked at 42 GiB with the
 # paper's 1.3B shape, within 1.3% of the fastest that fits; on CPUs small batches stay in cache and
@@ -200,7 +200,7 @@ def plan(spark, options, model: ModelCheck) -> ScorePlan:
 
 def input_files(documents) -> set[str]:
     """The data files of a Delta read, by file name (Delta names each file uniquely)."""
-    return {path.rsplit("/", 1)[-1] for path in documents.inputFiles()}
+    return {data_file_name(path) for path in documents.inputFiles()}
 
 
 def absolute_ref(ref: str) -> str:

@@ -35,7 +35,7 @@ from attention_influence.errors import first_line
 from spark_jobs import run_log
 from spark_jobs.cli import CommitConflict
 from spark_jobs.session import run_sql, session_settings
-from spark_jobs.tables import (SCORER, SCORER_COLUMN, is_path, quote_identifier, read_table, set_table_properties,
+from spark_jobs.tables import (SCORER, SCORER_COLUMN, data_file_name, is_path, quote_identifier, read_table, set_table_properties,
                                table_detail, table_exists, table_properties, v2_name, write_table)
 
 MERGE_SCORES_SQL = Path(__file__).parent / "sql" / "merge_scores.sql"
@@ -143,7 +143,7 @@ class ScoresTable:
                 .groupBy("_file").agg(F.count(F.lit(1)).alias("documents"), F.count("committed_id").alias("committed"))
                 .collect())
         total = sum(r["documents"] for r in rows)
-        return total, {r["_file"].rsplit("/", 1)[-1]: r["committed"] for r in rows if r["committed"]}
+        return total, {data_file_name(r["_file"]): r["committed"] for r in rows if r["committed"]}
 
     def holds_replaceable_rows(self) -> bool:
         """Whether a slice's MERGE may have to replace rows (another scorer's, or errors under --retry-errors);

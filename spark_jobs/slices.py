@@ -42,7 +42,7 @@ from spark_jobs.cli import Stopped
 from spark_jobs.progress import format_seconds
 from spark_jobs.scores_table import ScoresTable
 from spark_jobs.session import is_connect, loggers_off, release
-from spark_jobs.tables import is_path, quote_identifier
+from spark_jobs.tables import data_file_name, is_path, quote_identifier
 
 STOP_MARKER = "attention-influence-stop-at-slice-boundary"
 FIRST_SLICE_DOCUMENTS_PER_SLOT = 32  # --slice-documents auto: the first slice, before a rate is measured
@@ -233,7 +233,7 @@ class Slicer:
         from pyspark.sql import functions as F
 
         try:
-            counts = {r[0].rsplit("/", 1)[-1]: r[1] for r in batch.groupBy(F.input_file_name()).count().collect()}
+            counts = {data_file_name(r[0]): r[1] for r in batch.groupBy(F.input_file_name()).count().collect()}
         except Exception:  # noqa: BLE001 - files unknown: the anti-join decides
             return False, None
         files = set(counts)
@@ -320,7 +320,7 @@ class Slicer:
                 self._check_stop()
                 group = paths[start:start + self._max_files()]
                 start += len(group)
-                self.handed_files |= {path.rsplit("/", 1)[-1] for path in group}
+                self.handed_files |= {data_file_name(path) for path in group}
                 self.commit_documents(read_files(group), fresh=True)
         except _StopAtBoundary:
             raise Stopped(self.stopped_line()) from None

@@ -68,6 +68,12 @@ def write_table(df, ref: str, properties: dict[str, str] | None = None, replace:
     writer.createOrReplace() if replace else writer.create()
 
 
+def data_file_name(path: str) -> str:
+    """A Delta data file by its name alone: Delta names each file uniquely, and the same file reaches the job
+    with different prefixes (`file:`, an absolute path) from `inputFiles()`, `_metadata` and `input_file_name()`."""
+    return path.rsplit("/", 1)[-1]
+
+
 def quote_identifier(name: str) -> str:
     """A column name as a backquoted identifier (for Column references, not SQL text)."""
     return "`" + name.replace("`", "``") + "`"
